@@ -1,0 +1,569 @@
+"""Find (clean, rainy) image pairs under one or more folders and write them to a CSV.
+
+Usage:
+    python preprocess_csv.py ../shared/data --out data/pairs.csv
+    python preprocess_csv.py ../shared/data/Rain100L ../shared/data/Rain100H --out pairs.csv \\
+        --val-fraction 0.1 --seed 0          # writes pairs_train.csv and pairs_val.csv
+    python preprocess_csv.py /data/Rain14000 --out rain14000.csv --absolute --workers 8
+    python preprocess_csv.py /data/Rain100L --out pairs.csv --strict   # any bad file: exit 1
+
+From Python (no subprocess):
+    from preprocess_csv import find_pairs, validate_pairs, write_pairs_csv
+    pairs = find_pairs("../shared/data/Rain100L")
+    pairs, problems = validate_pairs(pairs, workers=2)
+    write_pairs_csv(pairs, "data/rain100l.csv")
+
+CSV columns, one row per pair, sorted by dataset, then clean path, then rainy path, with numbers
+compared as numbers (2 before 10):
+    image_filepath, image_rain_filepath, clean_id, rain_id, dataset
+The two paths are relative to the CSV's own folder (so a CSV and its data can move together),
+or absolute with --absolute. The ids are file stems (e.g. "995" and "995_11"); `dataset` is the
+folder that holds the layout, relative to ROOT (ROOT's own name when ROOT is that folder).
+
+Recognised layouts (a ROOT may be one of them or contain several, at any depth):
+  1. Rain14000/Rain1400 naming: clean "995.jpg", rainy "995_1.jpg" ... "995_14.jpg" (any
+     extension, any number of variants), in one folder or in two sibling folders (for example
+     ground_truth/ and rainy_image/; the clean folder is the one whose stems the rainy stems
+     extend).
+  2. Sibling folders input/+target/, rainy/+norain/ or rain/+norain/ (case-insensitive; also
+     rainy_image/+ground_truth/, clean/, gt/) with identical file names (or stems); the first of
+     each pair holds the rainy images. Rain14000 naming across such folders works too.
+  3. Prefix naming in one folder: "rain-001.png" <-> "norain-001.png" (also "rain_001").
+A folder claimed by a sibling layout is not searched again, so "norain-1.png" inside an
+input/+target/ pair (JORDER-E) is paired by name across the folders, never by its prefix.
+
+Validation: every image is fully decoded (a --workers process pool) and must be 8-bit RGB; a pair's
+two images must have the same size. A bad file, a size-mismatched pair or an image with no partner
+is reported on stderr as one line naming the file, skipped, and counted in the final summary;
+with --strict any of them makes the run exit 1 without writing a CSV. --no-check skips decoding
+(and so the size check). A folder with images but no recognised layout (e.g. rainy photos with no
+ground truth) is only noted: it is not a broken pair. No pairs at all: exit 2.
+
+Split (--val-fraction F --seed S): whole clean images are shuffled with the seed and
+round(F * number of clean images) of them go to validation together with all of their rainy
+variants; instead of OUT this writes OUT_train.csv and OUT_val.csv beside it (from --out
+pairs.csv: pairs_train.csv and pairs_val.csv). The same data and seed give the same split.
+Note: Rain100L and Rain100H share clean backgrounds by number; keep number N on one side when
+splitting a CSV that contains both (see ../shared/data/README.md).
+
+Every CSV is written atomically: an interrupted run leaves the previous file, never half of one.
+"""
+import argparse
+import concurrent.futures
+import csv
+import io
+import os
+import random
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from helpers.images import ImageError, atomic_path, check_image, is_image_file
+
+COLUMNS = ("image_filepath", "image_rain_filepath", "clean_id", "rain_id", "dataset")
+
+# (rainy folder, clean folder), lower case, in order of preference when a folder has several.
+NAMED_FOLDER_PAIRS = (
+    ("input", "target"),
+    ("rainy", "norain"),
+    ("rain", "norain"),
+    ("rainy_image", "ground_truth"),
+    ("rainy", "clean"),
+    ("rain", "clean"),
+    ("input", "gt"),
+    ("rainy", "gt"),
+    ("rain", "gt"),
+)
+
+VARIANT_RE = re.compile(r"^(?P<base>.+)_(?P<k>\d+)$")  # 995_11 -> 995
+PREFIX_RE = re.compile(r"^(?P<no>no)?rain(?P<sep>[-_])(?P<key>.+)$", re.IGNORECASE)
+# Rain100L's training release ships streak/region masks beside rain-/norain- pairs; they are not
+# images of a scene, so they are neither pairs nor "unpaired" errors.
+AUX_MASK_RE = re.compile(r"^rain(region|streak|mask)[-_]", re.IGNORECASE)
+
+# Problem kinds that drop data; anything else is a note that never fails --strict.
+NOTE_KINDS = ("no layout",)
+
+
+@dataclass(frozen=True)
+class Pair:
+    clean: Path
+    rain: Path
+    clean_id: str
+    rain_id: str
+    dataset: str
+    layout: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    kind: str  # unreadable, missing, grayscale, alpha channel, 16-bit, size mismatch, unpaired...
+    message: str  # one line, starts with the file it is about
+
+    @property
+    def is_note(self):
+        return self.kind in NOTE_KINDS
+
+
+# ---------------------------------------------------------------- ordering
+def natural_key(text):
+    """Sort key comparing digit runs as numbers: "2.png" < "10.png", "rain-9" < "rain-10"."""
+    text = str(text)
+    parts = tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok.lower())
+                  for tok in re.split(r"(\d+)", text) if tok)
+    # "rain-001" and "rain-1" compare equal above; the raw text keeps the order total.
+    return parts, text
+
+
+def _pair_key(p):
+    return natural_key(p.dataset), natural_key(p.clean.as_posix()), natural_key(p.rain.as_posix())
+
+
+def _images(folder):
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    files = [Path(folder) / e.name for e in entries
+             if not e.name.startswith(".") and is_image_file(e.name) and e.is_file()]
+    return sorted(files, key=lambda f: natural_key(f.name))
+
+
+def _subdirs(folder):
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    dirs = [Path(folder) / e.name for e in entries if not e.name.startswith(".") and e.is_dir()]
+    return sorted(dirs, key=lambda d: natural_key(d.name))
+
+
+def _unpaired(path, where):
+    return Problem(str(path), "unpaired", f"{path}: unpaired file (no partner image in {where})")
+
+
+def _by_stem(files):
+    """stem -> file, keeping the first of duplicate stems (e.g. 1.jpg and 1.png) so pairing stays
+    deterministic; the duplicate ends up unpaired and reported."""
+    out = {}
+    for f in files:
+        out.setdefault(f.stem, f)
+    return out
+
+
+# ---------------------------------------------------------------- layout 1: Rain14000 naming
+def pairs_rain14000_folder(folder, dataset):
+    """Clean "995.jpg" and rainy "995_1.jpg" ... in one folder. Returns (pairs, problems); a
+    folder without any such pair returns ([], [])."""
+    files = _images(folder)
+    stems = _by_stem(files)
+    pairs, used = [], set()
+    for f in files:
+        m = VARIANT_RE.match(f.stem)
+        clean = stems.get(m["base"]) if m else None
+        if clean is not None and clean != f:
+            pairs.append(Pair(clean, f, clean.stem, f.stem, dataset, "rain14000"))
+            used.update((clean, f))
+    if not pairs:
+        return [], []
+    problems = [_unpaired(f, folder) for f in files
+                if f not in used and not AUX_MASK_RE.match(f.stem)]
+    return pairs, problems
+
+
+def pairs_rain14000_siblings(clean_dir, rain_dir, dataset):
+    """Clean "995.jpg" in `clean_dir`, rainy "995_1.jpg" ... in `rain_dir`."""
+    return _match_folders(rain_dir, clean_dir, dataset, "rain14000", by_name=False)
+
+
+def _variant_matches(clean_dir, rain_dir):
+    """How many rainy stems in `rain_dir` extend a clean stem of `clean_dir` (995_3 -> 995)."""
+    clean_stems = {f.stem for f in _images(clean_dir)}
+    rain = _images(rain_dir)
+    n = sum(1 for f in rain if (m := VARIANT_RE.match(f.stem)) and m["base"] in clean_stems)
+    return n, len(rain)
+
+
+# ---------------------------------------------------------------- layout 2: input/ + target/
+def pairs_input_target(rain_dir, clean_dir, dataset):
+    """Rainy images in `rain_dir` (input/, rainy/, rain/...), clean ones in `clean_dir` (target/,
+    norain/...), paired by identical file name, then identical stem, then Rain14000 naming."""
+    return _match_folders(rain_dir, clean_dir, dataset, "input/target", by_name=True)
+
+
+def _match_folders(rain_dir, clean_dir, dataset, layout, by_name):
+    rains, cleans = _images(rain_dir), _images(clean_dir)
+    clean_names = {f.name: f for f in cleans}
+    clean_stems = _by_stem(cleans)
+    pairs, used, problems = [], set(), []
+    for r in rains:
+        c = (clean_names.get(r.name) or clean_stems.get(r.stem)) if by_name else None
+        if c is None and (m := VARIANT_RE.match(r.stem)):
+            c = clean_stems.get(m["base"])
+        if c is None:
+            problems.append(_unpaired(r, clean_dir))
+            continue
+        pairs.append(Pair(c, r, c.stem, r.stem, dataset, layout))
+        used.add(c)
+    problems += [_unpaired(c, rain_dir) for c in cleans if c not in used]
+    return pairs, problems
+
+
+# ---------------------------------------------------------------- layout 3: rain-001/norain-001
+def pairs_prefix(folder, dataset):
+    """"rain-001.png" <-> "norain-001.png" (or rain_001/norain_001) in one folder. A folder holding
+    only one side (Rain100L's input/ has rain-001..., JORDER-E's has norain-N) gives ([], [])."""
+    rain, clean, other = {}, {}, []
+    for f in _images(folder):
+        m = PREFIX_RE.match(f.stem)
+        if m:
+            (clean if m["no"] else rain).setdefault(m["key"], f)
+        elif not AUX_MASK_RE.match(f.stem):
+            other.append(f)
+    keys = sorted(rain.keys() & clean.keys(), key=natural_key)
+    if not keys:
+        return [], []
+    pairs = [Pair(clean[k], rain[k], clean[k].stem, rain[k].stem, dataset, "prefix") for k in keys]
+    used = {p.rain for p in pairs} | {p.clean for p in pairs}
+    problems = [_unpaired(f, folder) for f in list(rain.values()) + list(clean.values())
+                if f not in used]
+    # Files that are neither rain- nor norain- are left to the Rain14000 detector of the folder.
+    return pairs, problems
+
+
+# ---------------------------------------------------------------- detection
+def _dataset_name(root, folder):
+    rel = os.path.relpath(folder, root)
+    return os.path.basename(os.path.abspath(root)) if rel == "." else Path(rel).as_posix()
+
+
+def _sibling_layouts(folder):
+    """[(rain_dir, clean_dir, kind)] among the direct subfolders of `folder`, each used once."""
+    subdirs = _subdirs(folder)
+    by_lower = {}
+    for d in subdirs:
+        by_lower.setdefault(d.name.lower(), d)
+    found, claimed = [], set()
+    for rain_name, clean_name in NAMED_FOLDER_PAIRS:
+        r, c = by_lower.get(rain_name), by_lower.get(clean_name)
+        if r and c and r not in claimed and c not in claimed:
+            found.append((r, c, "named"))
+            claimed.update((r, c))
+    # Unnamed folders: Rain14000 naming decides which one is clean. Require most of the rainy
+    # folder to match so that two unrelated folders sharing a few stems are not paired.
+    free = [d for d in subdirs if d not in claimed and _images(d)]
+    candidates = []
+    for c in free:
+        for r in free:
+            if r != c:
+                n, total = _variant_matches(c, r)
+                if n and 2 * n > total:
+                    candidates.append((-n, natural_key(r.name), natural_key(c.name), r, c))
+    for *_, r, c in sorted(candidates, key=lambda t: t[:3]):
+        if r not in claimed and c not in claimed:
+            found.append((r, c, "rain14000"))
+            claimed.update((r, c))
+    return found
+
+
+def find_pairs(root, problems=None):
+    """All (clean, rainy) pairs under `root` in every recognised layout, sorted.
+
+    Returns a list of Pair (clean, rain: Path as found under `root`; clean_id, rain_id: stems;
+    dataset; layout). Images that are not part of any pair are appended to `problems` (a list)
+    when one is given: Problem(kind="unpaired") inside a recognised layout, kind="no layout" (a
+    note) for a folder of images in none. Raises FileNotFoundError when `root` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    problems = [] if problems is None else problems
+    pairs, seen = [], set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:  # symlink loops, or two links to one dataset
+            continue
+        seen.add(real)
+        dataset = _dataset_name(root, folder)
+        claimed = set()
+        for rain_dir, clean_dir, kind in _sibling_layouts(folder):
+            if kind == "named":
+                found, probs = pairs_input_target(rain_dir, clean_dir, dataset)
+            else:
+                found, probs = pairs_rain14000_siblings(clean_dir, rain_dir, dataset)
+            pairs += found
+            problems += probs
+            claimed.update((rain_dir, clean_dir))
+            seen.update((os.path.realpath(rain_dir), os.path.realpath(clean_dir)))
+        own = _images(folder)
+        if own:
+            found = pairs_prefix(folder, dataset)[0] + pairs_rain14000_folder(folder, dataset)[0]
+            pairs += found
+            if found:
+                # Judged over both detectors: a file one of them leaves over the other may pair.
+                used = {p.rain for p in found} | {p.clean for p in found}
+                problems += [_unpaired(f, folder) for f in own
+                             if f not in used and not AUX_MASK_RE.match(f.stem)]
+            else:
+                problems.append(Problem(str(folder), "no layout",
+                                        f"{folder}: {len(own)} images but no recognised pair "
+                                        "layout (no ground truth?); no pairs taken from it"))
+        stack += reversed([d for d in _subdirs(folder) if d not in claimed])
+    return sorted(pairs, key=_pair_key)
+
+
+# ---------------------------------------------------------------- validation
+def _classify(message):
+    for word, kind in (("not found", "missing"), ("cannot be read", "unreadable"),
+                       ("grayscale", "grayscale"), ("alpha", "alpha channel"),
+                       ("16-bit", "16-bit/float")):
+        if word in message:
+            return kind
+    return "bad image"
+
+
+def _check_one(path):
+    """Worker: (path, (w, h) or None, error message or None). Never raises, so one bad file
+    cannot take the pool down."""
+    try:
+        return path, check_image(path), None
+    except ImageError as e:
+        return path, None, str(e)
+    except Exception as e:  # decoder bugs on hostile files still become one reported line
+        return path, None, f"{path}: cannot be read as an image ({type(e).__name__}: {e})"
+
+
+def default_workers():
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def validate_pairs(pairs, workers=None, progress=True):
+    """Decode every image once and check pair sizes. Returns (good pairs, problems).
+
+    A clean image shared by many rainy variants is decoded once; a bad file is reported once and
+    drops every pair that uses it."""
+    workers = default_workers() if workers is None else max(1, int(workers))
+    paths = sorted({str(p.clean) for p in pairs} | {str(p.rain) for p in pairs}, key=natural_key)
+    bar = tqdm(total=len(paths), desc="checking images", unit="img", file=sys.stderr,
+               disable=None if progress else True)
+    results = {}
+    try:
+        if workers == 1 or len(paths) < 2:
+            for path in paths:
+                results[path] = _check_one(path)[1:]
+                bar.update()
+        else:
+            # Decoding is CPU-bound (PIL holds the GIL for much of it): processes, not threads.
+            chunk = max(1, len(paths) // (workers * 16))
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+                for path, size, err in pool.map(_check_one, paths, chunksize=chunk):
+                    results[path] = (size, err)
+                    bar.update()
+    finally:
+        bar.close()
+    problems = [Problem(path, _classify(err), err)
+                for path, (_, err) in results.items() if err is not None]
+    good = []
+    for p in pairs:
+        (cs, ce), (rs, re_) = results[str(p.clean)], results[str(p.rain)]
+        if ce or re_:
+            continue
+        if cs != rs:
+            problems.append(Problem(str(p.rain), "size mismatch",
+                                    f"{p.rain}: size {rs[0]}x{rs[1]} differs from its clean image "
+                                    f"{p.clean} ({cs[0]}x{cs[1]})"))
+            continue
+        good.append(p)
+    return good, problems
+
+
+# ---------------------------------------------------------------- split and CSV
+def split_pairs(pairs, val_fraction, seed=0):
+    """(train, val): round(val_fraction * number of clean images) whole clean images, with all of
+    their rainy variants, go to val. Depends only on the pairs' datasets/ids/paths and the seed,
+    not on the order of `pairs`."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    groups = {}
+    for p in pairs:
+        groups.setdefault(os.path.abspath(p.clean), (p.dataset, p.clean_id))
+    order = sorted(groups, key=lambda g: (natural_key(groups[g][0]), natural_key(groups[g][1]),
+                                          natural_key(g)))
+    random.Random(seed).shuffle(order)
+    n_val = round(val_fraction * len(order))
+    if len(order) >= 2:  # an empty side would silently break training or evaluation
+        n_val = min(max(n_val, 1), len(order) - 1)
+    val_groups = set(order[:n_val])
+    train = [p for p in pairs if os.path.abspath(p.clean) not in val_groups]
+    val = [p for p in pairs if os.path.abspath(p.clean) in val_groups]
+    return sorted(train, key=_pair_key), sorted(val, key=_pair_key)
+
+
+def split_paths(out):
+    """OUT -> (OUT_train.csv, OUT_val.csv) beside it, keeping OUT's extension."""
+    out = Path(out)
+    suffix = out.suffix or ".csv"
+    return out.with_name(f"{out.stem}_train{suffix}"), out.with_name(f"{out.stem}_val{suffix}")
+
+
+def _csv_text(pairs, out, absolute):
+    base = os.path.dirname(os.path.abspath(out))
+
+    def fmt(path):
+        full = os.path.abspath(path)
+        if absolute:
+            return Path(full).as_posix()
+        try:
+            return Path(os.path.relpath(full, base)).as_posix()
+        except ValueError:  # another drive on Windows: no relative path exists
+            return Path(full).as_posix()
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for p in sorted(pairs, key=_pair_key):
+        writer.writerow((fmt(p.clean), fmt(p.rain), p.clean_id, p.rain_id, p.dataset))
+    return buf.getvalue()
+
+
+def _write_tmp(tmp, text):
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def write_pairs_csv(pairs, out, absolute=False):
+    """Write `pairs` to the CSV `out` atomically; paths relative to its folder unless `absolute`.
+    Returns the number of rows written."""
+    text = _csv_text(pairs, out, absolute)
+    with atomic_path(out) as tmp:
+        _write_tmp(tmp, text)
+    return len(pairs)
+
+
+def write_split_csvs(train, val, out, absolute=False):
+    """Write OUT_train.csv and OUT_val.csv; neither is renamed into place unless both were
+    written, so a failure never leaves a new train file next to a stale val file."""
+    train_path, val_path = split_paths(out)
+    texts = _csv_text(train, train_path, absolute), _csv_text(val, val_path, absolute)
+    with atomic_path(train_path) as t1, atomic_path(val_path) as t2:
+        for tmp, text in zip((t1, t2), texts):
+            _write_tmp(tmp, text)
+    return train_path, val_path
+
+
+# ---------------------------------------------------------------- command line
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="preprocess_csv.py",
+        description="Find (clean, rainy) image pairs under ROOT folders and write a CSV with "
+                    "columns image_filepath,image_rain_filepath,clean_id,rain_id,dataset "
+                    "(paths relative to the CSV's folder unless --absolute).",
+        epilog="Layouts: Rain14000 naming (995.jpg + 995_1.jpg..., one folder or sibling "
+               "folders); input/+target/, rainy/+norain/, rain/+norain/ with identical names; "
+               "rain-001 <-> norain-001 in one folder. Exit codes: 0 written; 1 --strict and a "
+               "problem was found (nothing written); 2 no pairs found or bad arguments.")
+    p.add_argument("roots", nargs="+", metavar="ROOT", help="dataset folder or a folder of them")
+    p.add_argument("--out", required=True, help="CSV to write (e.g. data/pairs.csv)")
+    p.add_argument("--absolute", action="store_true",
+                   help="write absolute paths instead of paths relative to the CSV's folder")
+    p.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="split by clean image (all rainy variants of one clean image on one "
+                        "side): write OUT_train.csv and OUT_val.csv beside --out instead of OUT "
+                        "(--out pairs.csv -> pairs_train.csv, pairs_val.csv); 0 < F < 1")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 without writing anything if any file is bad or unpaired")
+    p.add_argument("--workers", type=int, default=default_workers(), metavar="K",
+                   help="processes that decode images (default min(4, CPUs) = %(default)s)")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not decode images (faster; bad files and size mismatches go unseen)")
+    return p
+
+
+def _log(msg):
+    print(f"preprocess_csv: {msg}", file=sys.stderr)
+
+
+def _summary_of(problems, dropped_pairs):
+    if not problems:
+        return "skipped 0"
+    counts = Counter(q.kind for q in problems)
+    detail = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    return f"skipped {len(problems)}: {detail} ({dropped_pairs} pairs dropped)"
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.val_fraction is not None and not 0.0 < args.val_fraction < 1.0:
+        _log(f"error: --val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}")
+        return 2
+    if args.workers < 1:
+        _log(f"error: --workers must be at least 1, got {args.workers}")
+        return 2
+
+    pairs, problems = [], []
+    for root in args.roots:
+        try:
+            pairs += find_pairs(root, problems)
+        except FileNotFoundError as e:
+            _log(f"error: {e}")
+            return 2
+    # Overlapping ROOTs (a folder and its parent) must not duplicate rows.
+    unique = {}
+    for p in pairs:
+        unique.setdefault((os.path.abspath(p.clean), os.path.abspath(p.rain)), p)
+    pairs = sorted(unique.values(), key=_pair_key)
+
+    for dataset, n in sorted(Counter(p.dataset for p in pairs).items(),
+                             key=lambda t: natural_key(t[0])):
+        _log(f"found {n} pairs in {dataset}")
+    notes = [q for q in problems if q.is_note]
+    problems = [q for q in problems if not q.is_note]
+    for q in notes:
+        _log(f"note: {q.message}")
+    for q in problems:
+        _log(f"skipped: {q.message}")
+    if not pairs:
+        _log("error: no (clean, rainy) pairs found under " + ", ".join(args.roots)
+             + "; see --help for the recognised layouts")
+        return 2
+
+    found = len(pairs)
+    if not args.no_check:
+        pairs, bad = validate_pairs(pairs, workers=args.workers)
+        for q in bad:
+            _log(f"skipped: {q.message}")
+        problems += bad
+    summary = _summary_of(problems, found - len(pairs))
+
+    if args.strict and problems:
+        _log(f"error: --strict: {len(problems)} problem(s) found, nothing written; {summary}")
+        return 1
+    if not pairs:
+        _log(f"error: no usable pairs left; {summary}")
+        return 2
+
+    if args.val_fraction is None:
+        write_pairs_csv(pairs, args.out, absolute=args.absolute)
+        _log(f"wrote {len(pairs)} pairs to {args.out}; {summary}")
+    else:
+        train, val = split_pairs(pairs, args.val_fraction, args.seed)
+        train_path, val_path = write_split_csvs(train, val, args.out, absolute=args.absolute)
+        _log(f"wrote {len(train)} pairs to {train_path} and {len(val)} to {val_path} "
+             f"(val fraction {args.val_fraction}, seed {args.seed}); {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
