@@ -1,0 +1,30 @@
+"""Tiny paired datasets for tests (made on the fly, a few KB)."""
+import numpy as np
+from PIL import Image
+
+from helpers.synth_rain import add_rain
+from preprocess_csv import find_pairs, write_pairs_csv
+
+
+def smooth_image(rng, h, w):
+    """A smooth colour image with some edges: low-frequency content rain is not."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (rng.random() * 2 * x + rng.random() * y) + c)
+                    for c in (0, 2, 4)], -1)
+    img[h // 3:h // 2, :] *= 0.6
+    return np.clip(img * 255, 0, 255).astype(np.uint8)
+
+
+def make_pairs(folder, n=6, size=(24, 28), seed=0):
+    """n clean images with one rain variant each in input/ + target/; returns the CSV path."""
+    rng = np.random.default_rng(seed)
+    (folder / "input").mkdir(parents=True, exist_ok=True)
+    (folder / "target").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        clean = smooth_image(rng, *size)
+        rain = add_rain(clean, rng)
+        Image.fromarray(clean).save(folder / "target" / f"{i + 1}.png")
+        Image.fromarray(rain).save(folder / "input" / f"{i + 1}.png")
+    csv = folder / "pairs.csv"
+    write_pairs_csv(find_pairs(folder), csv)
+    return csv
