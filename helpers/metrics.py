@@ -1,0 +1,355 @@
+"""PSNR and SSIM on the Y channel, as the deraining literature (Restormer, MPRNet) reports them.
+
+Protocol (see ../shared/data/README.md):
+    Y     ITU-R BT.601 luma as MATLAB's rgb2ycbcr computes it on uint8 images:
+          Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255, R, G, B in 0..255, rounded to an
+          integer (computed exactly in integers, halves rounded up like MATLAB's uint8 cast),
+          so Y is in 16..235.
+    PSNR  10 log10(255^2 / MSE) on Y (peak 255, not 219). Identical images have MSE 0 and
+          PSNR = inf (float('inf')), which also makes any mean that includes them inf.
+    SSIM  Wang et al. 2004 on Y: 11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03,
+          L = 255, population (not sample) covariances, mean of the SSIM map over the valid
+          region, i.e. the positions where the whole window lies inside the image.
+
+SSIM is scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=255). Checked against scikit-image 0.26's source: with
+gaussian_weights it filters with truncate=3.5, so the kernel radius is int(3.5 * 1.5 + 0.5) = 5,
+an 11x11 window (the 1-D kernel is normalised over its 11 taps, so the separable window equals
+MATLAB's normalised fspecial('gaussian', 11, 1.5)); it filters the whole image with 'reflect'
+padding, then crops (win_size - 1) // 2 = 5 pixels from every border before averaging. The
+values left are exactly those of a 'valid' filtering (MATLAB's filter2(w, x, 'valid')), so the
+padding never enters the mean. tests/test_metrics.py checks this against a direct 'valid'
+implementation. Wang's ssim.m downsamples by round(min(H, W) / 256); for the 481x321 and
+480x320 test images that factor is 1, so no downsampling is done here (nor by the literature's
+Python code).
+
+Use:
+    score_pair(pred, target)                -> {"psnr_y", "ssim_y", "psnr_rgb"}
+    score_folders(pred_dir, target_dir, input_dir=None, workers=None) -> FolderScores
+    write_scores_csv(result.rows, "per_image.csv")
+    print(format_summary(result.summary))
+
+CLI:
+    python -m helpers.metrics PRED_DIR TARGET_DIR [--input RAIN_DIR] [--csv per_image.csv]
+                              [--rgb] [--workers K]
+prints the summary table (with the do-nothing baseline, input vs target, beside it when --input
+is given) and exits 1 if any image failed (reported by name on stderr), 0 otherwise.
+"""
+import argparse
+import csv
+import dataclasses
+import math
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+from helpers.images import ImageError, atomic_path, is_image_file, read_rgb
+
+PEAK = 255.0
+SSIM_SIGMA = 1.5
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb")
+BASELINE_PREFIX = "input_"  # per-image baseline columns: input_psnr_y, input_ssim_y, ...
+
+# BT.601 coefficients times 1000 and the divisor 255 * 1000: exact integer arithmetic.
+_Y_COEFFS = np.array([65481, 128553, 24966], dtype=np.int64)
+_Y_DIV = 255000
+
+
+# ---------------------------------------------------------------- single images
+def _check_rgb_u8(img, what="image"):
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise TypeError(f"{what}: expected a uint8 RGB array, got dtype {img.dtype} (convert with "
+                        "helpers.images.to_uint8 first)")
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"{what}: expected shape (H, W, 3), got {img.shape}")
+    return img
+
+
+def rgb_to_y(img_u8):
+    """uint8 (H, W, 3) RGB -> (H, W) float64 BT.601 luma, integer-valued in 16..235, as
+    MATLAB's rgb2ycbcr on uint8: round(16 + (65.481 R + 128.553 G + 24.966 B) / 255)."""
+    img = _check_rgb_u8(img_u8)
+    k = img.astype(np.int64) @ _Y_COEFFS  # 1000 * (65.481 R + 128.553 G + 24.966 B)
+    return (16 + (k + _Y_DIV // 2) // _Y_DIV).astype(np.float64)  # round half up, exactly
+
+
+def _psnr(a, b):
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    if mse == 0:
+        return math.inf
+    return float(10.0 * np.log10(PEAK ** 2 / mse))
+
+
+def _check_pair(pred, target):
+    pred = _check_rgb_u8(pred, "prediction")
+    target = _check_rgb_u8(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction is {_size(pred)} but target is {_size(target)}; "
+                         "they must have the same size")
+    return pred, target
+
+
+def _size(img):
+    return f"{img.shape[1]}x{img.shape[0]}"
+
+
+def psnr_y(pred_u8, target_u8):
+    """PSNR in dB on the Y channel, peak 255; inf for identical Y channels."""
+    pred, target = _check_pair(pred_u8, target_u8)
+    return _psnr(rgb_to_y(pred), rgb_to_y(target))
+
+
+def psnr_rgb(pred_u8, target_u8):
+    """PSNR in dB over all three RGB channels, peak 255; inf for identical images."""
+    pred, target = _check_pair(pred_u8, target_u8)
+    return _psnr(pred, target)
+
+
+def _ssim(y1, y2):
+    if min(y1.shape) < 11:
+        raise ValueError(f"image is {y1.shape[1]}x{y1.shape[0]}, smaller than SSIM's 11x11 window")
+    return float(structural_similarity(y1, y2, gaussian_weights=True, sigma=SSIM_SIGMA,
+                                       use_sample_covariance=False, data_range=PEAK))
+
+
+def ssim_y(pred_u8, target_u8):
+    """SSIM (Wang et al. 2004) on the Y channel; 1.0 for identical images. See module doc."""
+    pred, target = _check_pair(pred_u8, target_u8)
+    return _ssim(rgb_to_y(pred), rgb_to_y(target))
+
+
+def score_pair(pred, target):
+    """All metrics for one pair -> {"psnr_y", "ssim_y", "psnr_rgb"} (floats; PSNR may be inf).
+
+    `pred` and `target` are uint8 (H, W, 3) arrays or image paths (read with read_rgb, which
+    raises ImageError naming a bad file). Raises ValueError when the sizes differ."""
+    if isinstance(pred, (str, os.PathLike)):
+        pred = read_rgb(pred)
+    if isinstance(target, (str, os.PathLike)):
+        target = read_rgb(target)
+    pred, target = _check_pair(pred, target)
+    yp, yt = rgb_to_y(pred), rgb_to_y(target)
+    return {"psnr_y": _psnr(yp, yt), "ssim_y": _ssim(yp, yt), "psnr_rgb": _psnr(pred, target)}
+
+
+# ---------------------------------------------------------------- folders
+@dataclasses.dataclass
+class FolderScores:
+    """Result of score_folders.
+
+    rows     one dict per scored image, sorted by name: name, pred, target (file names),
+             psnr_y, ssim_y, psnr_rgb and, with an input folder, input (file name),
+             input_psnr_y, input_ssim_y, input_psnr_rgb (the input scored against the target).
+    summary  {"n": images scored, "n_failed": len(errors), "psnr_y", "ssim_y", "psnr_rgb":
+             means over the scored images (nan when none), "baseline": the same three means for
+             the inputs over the same images, or None without an input folder}.
+    errors   one message per failed image or unpaired file, each naming the file.
+    """
+    rows: list
+    summary: dict
+    errors: list
+
+    @property
+    def failed(self):
+        return bool(self.errors)
+
+
+def _index_by_stem(folder, role, errors):
+    """{stem: file name} for the image files of `folder`; duplicate stems are errors."""
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"{folder}: {role} folder not found")
+    found, dupes = {}, {}
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(".") or not is_image_file(name):
+            continue
+        stem = os.path.splitext(name)[0]
+        if stem in found:
+            dupes.setdefault(stem, [found[stem]]).append(name)
+        else:
+            found[stem] = name
+    for stem, names in dupes.items():
+        del found[stem]
+        errors.append(f"{os.path.join(folder, names[0])}: ambiguous {role} files with the same "
+                      f"name stem {stem!r}: {', '.join(names)}; keep only one")
+    return found
+
+
+def _pair_files(pred_dir, target_dir, input_dir):
+    """Pair the folders' files by name stem. Returns (tasks, errors)."""
+    errors = []
+    targets = _index_by_stem(target_dir, "target", errors)
+    preds = _index_by_stem(pred_dir, "prediction", errors)
+    inputs = _index_by_stem(input_dir, "input", errors) if input_dir is not None else None
+    tasks = []
+    for stem, tname in targets.items():
+        if stem not in preds:
+            errors.append(f"{os.path.join(target_dir, tname)}: no prediction named {stem}.* in "
+                          f"{pred_dir}")
+            continue
+        iname = None
+        if inputs is not None:
+            if stem not in inputs:
+                errors.append(f"{os.path.join(target_dir, tname)}: no input named {stem}.* in "
+                              f"{input_dir}")
+                continue
+            iname = inputs[stem]
+        tasks.append((stem, os.path.join(pred_dir, preds[stem]), os.path.join(target_dir, tname),
+                      None if iname is None else os.path.join(input_dir, iname)))
+    for stem, pname in preds.items():
+        if stem not in targets:
+            errors.append(f"{os.path.join(pred_dir, pname)}: no target named {stem}.* in "
+                          f"{target_dir}")
+    return tasks, errors
+
+
+def _score_task(task):
+    """Worker: score one (name, pred, target, input) task -> (row, None) or (None, message)."""
+    name, pred_path, target_path, input_path = task
+    try:
+        target = read_rgb(target_path)
+        pred = read_rgb(pred_path)
+        if pred.shape != target.shape:
+            raise ValueError(f"{pred_path}: prediction is {_size(pred)} but target "
+                             f"{target_path} is {_size(target)}")
+        row = {"name": name, "pred": os.path.basename(pred_path),
+               "target": os.path.basename(target_path), **score_pair(pred, target)}
+        if input_path is not None:
+            rain = read_rgb(input_path)
+            if rain.shape != target.shape:
+                raise ValueError(f"{input_path}: input is {_size(rain)} but target "
+                                 f"{target_path} is {_size(target)}")
+            row["input"] = os.path.basename(input_path)
+            row.update({BASELINE_PREFIX + k: v for k, v in score_pair(rain, target).items()})
+        return row, None
+    except ImageError as e:
+        return None, str(e)  # already names the file
+    except ValueError as e:
+        msg = str(e)
+        return None, msg if pred_path in msg else f"{pred_path}: {msg}"
+
+
+def _mean(values):
+    return float(np.mean(values)) if values else math.nan
+
+
+def default_workers():
+    """Worker processes used when none are given: the CPU count, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def score_folders(pred_dir, target_dir, input_dir=None, workers=None):
+    """Score every prediction in `pred_dir` against the target of the same name stem in
+    `target_dir` (rain-001.png pairs rain-001.jpg); with `input_dir`, also score the rainy input
+    of the same stem against the target (the do-nothing baseline).
+
+    A target without a prediction (or input), a prediction without a target, two files with the
+    same stem in one folder, an unreadable file or a size mismatch is recorded in `errors` (the
+    message names the file) and that image is left out of every mean, so ours and the baseline
+    are averaged over the same images. Only a missing folder raises (NotADirectoryError).
+    `workers` processes score the pairs (default: default_workers(); 1 runs in this process).
+    Returns a FolderScores (rows, summary, errors)."""
+    tasks, errors = _pair_files(os.fspath(pred_dir), os.fspath(target_dir),
+                                None if input_dir is None else os.fspath(input_dir))
+    workers = default_workers() if workers is None else max(1, int(workers))
+    workers = min(workers, max(1, len(tasks)))
+    if workers == 1:
+        results = [_score_task(t) for t in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_score_task, tasks, chunksize=max(1, len(tasks) // (4 * workers))))
+    rows = []
+    for row, err in results:
+        if err is None:
+            rows.append(row)
+        else:
+            errors.append(err)
+    rows.sort(key=lambda r: r["name"])
+    summary = {"n": len(rows), "n_failed": len(errors),
+               **{k: _mean([r[k] for r in rows]) for k in METRICS}, "baseline": None}
+    if input_dir is not None:
+        summary["baseline"] = {k: _mean([r[BASELINE_PREFIX + k] for r in rows]) for k in METRICS}
+    return FolderScores(rows=rows, summary=summary, errors=errors)
+
+
+# ---------------------------------------------------------------- output
+def write_scores_csv(rows, path):
+    """Write per-image rows (dicts, e.g. FolderScores.rows) to a CSV file atomically. Columns:
+    name, pred, target, psnr_y, ssim_y, psnr_rgb, then input and input_* when present, then any
+    other keys in first-seen order. Floats keep full precision; an infinite PSNR is 'inf'."""
+    preferred = ["name", "pred", "target", *METRICS, "input", *(BASELINE_PREFIX + k for k in METRICS)]
+    keys = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    columns = [k for k in preferred if k in keys] + [k for k in keys if k not in preferred]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def format_summary(summary, rgb=False):
+    """A plain-text table of a summary from score_folders: mean PSNR-Y (dB), SSIM-Y and the
+    image count for the predictions, and with a baseline also the input and the gain over it.
+    `rgb` adds a PSNR-RGB column. Ends with the failure count when there were failures."""
+    cols = [("PSNR-Y", "psnr_y", "{:.4f}", "{:+.4f}"), ("SSIM-Y", "ssim_y", "{:.4f}", "{:+.4f}")]
+    if rgb:
+        cols.append(("PSNR-RGB", "psnr_rgb", "{:.4f}", "{:+.4f}"))
+    lines = [f"{'':<18}" + "".join(f"{h:>10}" for h, *_ in cols) + f"{'n':>6}"]
+
+    def line(label, values, fmt_index):
+        cells = "".join(f"{cols[i][fmt_index].format(values[k]):>10}"
+                        for i, (_, k, *_) in enumerate(cols))
+        return f"{label:<18}{cells}{summary['n']:>6}"
+
+    lines.append(line("prediction", summary, 2))
+    base = summary.get("baseline")
+    if base is not None:
+        lines.append(line("input (baseline)", base, 2))
+        gain = {k: summary[k] - base[k] for _, k, *_ in cols}
+        lines.append(line("gain", gain, 3))
+    if summary.get("n_failed"):
+        lines.append(f"FAILED: {summary['n_failed']} image(s) not scored (see errors above)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- CLI
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m helpers.metrics",
+        description="Mean PSNR-Y / SSIM-Y (MATLAB BT.601 Y, Wang et al. 2004 SSIM) of the "
+                    "predictions in PRED_DIR against the targets of the same name stem in "
+                    "TARGET_DIR. Exits 1 if any image failed.")
+    p.add_argument("pred_dir", metavar="PRED_DIR")
+    p.add_argument("target_dir", metavar="TARGET_DIR")
+    p.add_argument("--input", metavar="RAIN_DIR", default=None,
+                   help="rainy inputs: also report the do-nothing baseline (input vs target)")
+    p.add_argument("--csv", metavar="PATH", default=None, help="write per-image scores here")
+    p.add_argument("--rgb", action="store_true", help="also show PSNR over the RGB channels")
+    p.add_argument("--workers", type=int, default=None, metavar="K",
+                   help=f"worker processes (default {default_workers()})")
+    args = p.parse_args(argv)
+    try:
+        result = score_folders(args.pred_dir, args.target_dir, args.input, workers=args.workers)
+    except NotADirectoryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for err in result.errors:
+        print(f"error: {err}", file=sys.stderr)
+    if args.csv:
+        write_scores_csv(result.rows, args.csv)
+    print(format_summary(result.summary, rgb=args.rgb))
+    if args.csv:
+        print(f"per-image scores: {args.csv}")
+    if result.summary["n"] == 0:
+        print("error: no image pairs were scored", file=sys.stderr)
+        return 1
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
