@@ -1,0 +1,369 @@
+"""Conditional U-Net used as the noise predictor of the Fourier-domain deraining diffusion model.
+
+The network sees the noisy target spectrum ``x`` (B, 6, H, W), the rainy image's spectrum ``cond``
+(B, 6, H, W) and the diffusion time ``t`` (B,), and predicts a (B, 6, H, W) tensor (the noise, or
+whatever the training objective asks for). Spectra use the channel layout
+``[mag or real R,G,B | phase or imag R,G,B]`` and are fftshift-ed, i.e. zero frequency sits at the
+centre (row H // 2, column W // 2).
+
+Design notes (why it looks the way it does):
+
+* A convolution is translation-equivariant, but in a spectrum a coefficient's position *is* its
+  frequency: low frequencies (centre) and high frequencies (border) behave very differently. With
+  ``freq_coords=True`` three constant channels (fy, fx, radius) describing each pixel's centred
+  frequency are concatenated to the input, so every layer can condition on where it is.
+* Widths grow with depth (``base_channels * channel_mults[i]`` at level i, resolution H / 2**i).
+  Parameters grow with width squared while FLOPs grow with width squared times pixels, so putting
+  width at the low-resolution levels buys parameters (capacity) cheaply and keeping the
+  full-resolution level narrow keeps the step fast and the activation memory small.
+* Self-attention is quadratic in the number of pixels, so it is only allowed at down-sampled levels
+  (``attn_levels`` holds level indices >= 1) and uses ``F.scaled_dot_product_attention`` (flash /
+  memory-efficient kernels on GPU).
+* Any input size works: the input is padded to a multiple of 2**(number of downsamples) and the
+  output cropped back. Nothing depends on a fixed size, so torch.compile, bf16 autocast and
+  channels_last work as usual.
+* The last convolution is zero-initialised, so the untrained model predicts 0 (a standard trick
+  that makes early diffusion training stable).
+
+``self.config`` holds the constructor arguments as a plain, JSON-able dict; a checkpoint saves it
+next to the state_dict and ``UNet_conditional(**config)`` rebuilds the same architecture.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Architecture presets (only shape hyper-parameters: channel counts / freq_coords are task-specific
+# and passed separately, e.g. ``UNet_conditional(**MODEL_PRESETS["small"])`` for spectra or
+# ``UNet_conditional(3, 3, 3, freq_coords=False, **MODEL_PRESETS["small"])`` for pixels).
+# All widths are multiples of 32 so GPU tensor cores / channels_last kernels stay efficient.
+MODEL_PRESETS = {
+    # ~2.5M parameters: a ~10-minute CPU training run on 64x64 crops.
+    "small": dict(base_channels=32, channel_mults=(1, 2, 2, 4), num_res_blocks=1,
+                  attn_levels=(3,), attn_heads=4, groups=8),
+    # ~12M parameters: the middle ground; attention at 1/8 resolution (8x8 for 64x64 crops).
+    "default": dict(base_channels=32, channel_mults=(1, 2, 4, 8), num_res_blocks=(1, 2, 2, 2),
+                    attn_levels=(3,), attn_heads=8, groups=16),
+    # ~26M parameters, almost all of them at 8x8 and 4x4 (for 64x64 crops) where FLOPs are cheap;
+    # the full-resolution level is 32 channels wide with a single ResBlock, because there every
+    # conv costs as much as a 256-channel conv at 8x8 and the activations dominate memory.
+    "large": dict(base_channels=32, channel_mults=(1, 2, 4, 8, 10), num_res_blocks=(1, 2, 2, 2, 2),
+                  attn_levels=(3, 4), attn_heads=8, groups=16),
+}
+
+
+def _num_groups(groups, channels):
+    """GroupNorm group count: the largest divisor of ``channels`` that is <= ``groups``.
+
+    Using a divisor (instead of requiring ``channels % groups == 0``) lets every width work, e.g. a
+    48-channel layer with groups=32 gets 24 groups rather than an error.
+    """
+    g = max(1, min(groups, channels))
+    while channels % g:
+        g -= 1
+    return g
+
+
+def norm(groups, channels):
+    """GroupNorm: batch-size independent (training batches are small) and fine with any size."""
+    return nn.GroupNorm(_num_groups(groups, channels), channels, eps=1e-6)
+
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    """Sinusoidal embedding of diffusion times ``t`` (B,) -> (B, dim).
+
+    Half the channels are sin, half cos, at frequencies geometrically spaced between 1 and
+    1/max_period, so both t=1 vs t=2 and t=100 vs t=900 are distinguishable. Computed in float32
+    whatever the autocast dtype: bf16 cannot resolve t=999 vs t=1000.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period)
+                      * torch.arange(half, device=t.device, dtype=torch.float32) / half)  # (half,)
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, 2*half)
+    if dim % 2:  # odd dim: pad one zero channel so the output really has `dim` channels
+        emb = F.pad(emb, (0, 1))
+    return emb  # (B, dim)
+
+
+def centred_freq_coords(h, w, device=None, dtype=torch.float32):
+    """Frequency-coordinate channels for an fftshift-ed spectrum of size (h, w) -> (3, h, w).
+
+    Channel 0: fy, channel 1: fx, both equal to ``torch.fft.fftshift(torch.fft.fftfreq(n)) * 2``
+    along their axis, i.e. in [-1, 1) with 0 exactly at the zero-frequency pixel (index n // 2);
+    channel 2: radius sqrt(fy^2 + fx^2) / sqrt(2) in [0, 1], the isotropic "how high a frequency"
+    signal that rain streaks and image content differ in most.
+    Written with arange rather than fftfreq so it stays a trivial op under torch.compile:
+    fftshift(fftfreq(n))[k] == (k - n // 2) / n. The size only ever meets tensors (no Python
+    float like ``2.0 / h``): with dynamic shapes such a float becomes a symbolic scalar that
+    some torch.compile versions fail to lower.
+    """
+    fy = (torch.arange(h, device=device, dtype=torch.float32) - h // 2) * 2 / h  # (h,)
+    fx = (torch.arange(w, device=device, dtype=torch.float32) - w // 2) * 2 / w  # (w,)
+    fy = fy[:, None].expand(h, w)  # (h, w)
+    fx = fx[None, :].expand(h, w)  # (h, w)
+    rad = torch.sqrt(fy * fy + fx * fx) * (1.0 / math.sqrt(2.0))  # (h, w)
+    return torch.stack([fy, fx, rad], dim=0).to(dtype)  # (3, h, w)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3 -> GroupNorm -> time scale-shift -> SiLU -> dropout -> conv3x3,
+    plus a (1x1 when widths differ) skip path.
+
+    The time embedding modulates the normalised activations as ``h * (1 + scale) + shift``
+    (FiLM / "scale-shift norm"): stronger conditioning than adding a bias, at the same cost.
+    """
+
+    def __init__(self, in_ch, out_ch, time_dim, groups, dropout=0.0):
+        super().__init__()
+        self.norm1 = norm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.time_proj = nn.Linear(time_dim, 2 * out_ch)  # -> (scale, shift)
+        self.norm2 = norm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x, temb):
+        # x: (B, Cin, H, W); temb: (B, T) already passed through SiLU
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, Cout, H, W)
+        scale, shift = self.time_proj(temb)[:, :, None, None].chunk(2, dim=1)  # 2 x (B, Cout, 1, 1)
+        h = self.norm2(h) * (1 + scale) + shift  # (B, Cout, H, W)
+        h = self.conv2(self.dropout(F.silu(h)))  # (B, Cout, H, W)
+        return self.skip(x) + h  # (B, Cout, H, W)
+
+
+class AttnBlock(nn.Module):
+    """Multi-head self-attention over all pixels of a (low-resolution) feature map, residual.
+
+    Lets distant frequencies interact (e.g. the harmonics of a periodic rain pattern) which a few
+    3x3 convolutions at low resolution could not. Uses ``F.scaled_dot_product_attention`` so the
+    GPU picks a fused flash / memory-efficient kernel; the sequence length is H*W of whatever size
+    arrives, nothing is fixed.
+    """
+
+    def __init__(self, channels, heads, groups):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"attention width {channels} is not divisible by attn_heads={heads}")
+        self.heads = heads
+        self.norm = norm(groups, channels)
+        # No bias: a key bias adds the same q.b to every logit of a query, which softmax cancels,
+        # so it would be a dead parameter; value/query biases are covered by the norm's affine
+        # shift and the projection's bias.
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
+        # (B, 3, heads, d, HW) -> three (B, heads, HW, d); reshape copies if channels_last
+        qkv = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        q, k, v = qkv.unbind(dim=1)  # each (B, heads, HW, d)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)  # (B, C, H, W)
+        return x + self.proj(out)  # (B, C, H, W)
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 conv: halves H and W and changes the width in one learned step."""
+
+    def __init__(self, in_ch, out_ch):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)  # (B, Cin, H, W) -> (B, Cout, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then 3x3 conv (no transposed-conv checkerboard artefacts)."""
+
+    def __init__(self, in_ch, out_ch):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+
+    def forward(self, x):
+        # explicit integer size, not scale_factor=2.0: a float scale turns the output size into
+        # floor(h * 2.0), a symbolic float that torch.compile handles badly with dynamic shapes
+        x = F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="nearest")
+        return self.conv(x)  # (B, Cout, 2H, 2W)
+
+
+class Level(nn.Module):
+    """The blocks of one resolution level: ResBlocks, each optionally followed by attention."""
+
+    def __init__(self, in_ch, out_ch, n_blocks, time_dim, groups, dropout, attn, heads):
+        super().__init__()
+        self.res = nn.ModuleList()
+        self.attn = nn.ModuleList()
+        for i in range(n_blocks):
+            self.res.append(ResBlock(in_ch if i == 0 else out_ch, out_ch, time_dim, groups, dropout))
+            self.attn.append(AttnBlock(out_ch, heads, groups) if attn else nn.Identity())
+
+    def forward(self, x, temb):
+        for res, attn in zip(self.res, self.attn):
+            x = attn(res(x, temb))
+        return x
+
+
+class UNet_conditional(nn.Module):
+    """Conditional diffusion U-Net: ``forward(x, t, cond) -> (B, out_channels, H, W)``.
+
+    Args:
+        in_channels: channels of the noisy input x (6 for spectra, 3 for the pixel baseline).
+        cond_channels: channels of the condition, concatenated to x at the input (0 = none).
+        out_channels: channels predicted.
+        base_channels: width of the full-resolution level.
+        channel_mults: width multiplier per level; level i works at resolution H / 2**i, so there
+            are ``len(channel_mults) - 1`` downsamples.
+        num_res_blocks: ResBlocks per level in the encoder and in the decoder: one int for all
+            levels, or one int per level (e.g. fewer blocks at the expensive full resolution).
+        attn_levels: level indices (>= 1) that get self-attention after each ResBlock; if it
+            contains the deepest level the middle block gets attention too. Level 0 (full
+            resolution) is refused: attention there costs (H*W)^2.
+        attn_heads: heads of every attention block (the level width must be divisible by it).
+        dropout: dropout inside ResBlocks.
+        freq_coords: append the (fy, fx, radius) frequency-coordinate channels of the *unpadded*
+            input (fftshift layout) to the input; use False for pixel-domain models.
+        groups: maximum GroupNorm groups (the largest divisor of each width <= groups is used).
+    """
+
+    # Defaults = MODEL_PRESETS["default"], so UNet_conditional() is the middle-sized model.
+    def __init__(self, in_channels=6, cond_channels=6, out_channels=6, base_channels=32,
+                 channel_mults=(1, 2, 4, 8), num_res_blocks=(1, 2, 2, 2), attn_levels=(3,),
+                 attn_heads=8, dropout=0.0, freq_coords=True, groups=16):
+        super().__init__()
+        channel_mults = tuple(int(m) for m in channel_mults)
+        attn_levels = tuple(sorted({int(a) for a in attn_levels}))
+        n_levels = len(channel_mults)
+        if n_levels < 1:
+            raise ValueError("channel_mults needs at least one level")
+        if isinstance(num_res_blocks, int):
+            blocks = [num_res_blocks] * n_levels
+            nrb_config = int(num_res_blocks)
+        else:
+            blocks = [int(n) for n in num_res_blocks]
+            nrb_config = list(blocks)
+            if len(blocks) != n_levels:
+                raise ValueError(f"num_res_blocks={num_res_blocks}: need one entry per level "
+                                 f"({n_levels})")
+        if min(blocks) < 1:
+            raise ValueError("num_res_blocks must be >= 1 at every level")
+        if any(a < 1 or a >= n_levels for a in attn_levels):
+            raise ValueError(f"attn_levels={attn_levels}: must be level indices in 1..{n_levels - 1}"
+                             " (no attention at full resolution, level 0)")
+        # Plain JSON-able record of the constructor arguments (lists, not tuples, so a JSON round
+        # trip gives back an identical dict).
+        self.config = dict(in_channels=int(in_channels), cond_channels=int(cond_channels),
+                           out_channels=int(out_channels), base_channels=int(base_channels),
+                           channel_mults=list(channel_mults), num_res_blocks=nrb_config,
+                           attn_levels=list(attn_levels), attn_heads=int(attn_heads),
+                           dropout=float(dropout), freq_coords=bool(freq_coords),
+                           groups=int(groups))
+        self.in_channels, self.cond_channels, self.out_channels = in_channels, cond_channels, out_channels
+        self.freq_coords = bool(freq_coords)
+        self.n_down = n_levels - 1
+        self.attn_levels = attn_levels
+        widths = [base_channels * m for m in channel_mults]
+
+        # time embedding: sinusoid of width base_channels -> MLP -> 4 * base_channels
+        self.t_sin_dim = base_channels
+        time_dim = 4 * base_channels
+        self.time_mlp = nn.Sequential(nn.Linear(self.t_sin_dim, time_dim), nn.SiLU(),
+                                      nn.Linear(time_dim, time_dim))
+
+        n_in = in_channels + cond_channels + (3 if self.freq_coords else 0)
+        self.conv_in = nn.Conv2d(n_in, widths[0], 3, padding=1)
+
+        # Encoder: level i = blocks at width widths[i], then a downsample to widths[i + 1].
+        self.down_levels = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        for i, w in enumerate(widths):
+            self.down_levels.append(Level(w, w, blocks[i], time_dim, groups, dropout,
+                                          i in attn_levels, attn_heads))
+            if i < self.n_down:
+                self.downsamples.append(Downsample(w, widths[i + 1]))
+
+        # Middle (deepest resolution): res -> (attn) -> res.
+        deep = widths[-1]
+        self.mid1 = ResBlock(deep, deep, time_dim, groups, dropout)
+        self.mid_attn = (AttnBlock(deep, attn_heads, groups) if self.n_down in attn_levels
+                         else nn.Identity())
+        self.mid2 = ResBlock(deep, deep, time_dim, groups, dropout)
+
+        # Decoder: mirror of the encoder. Level i takes [upsampled deeper features, encoder skip]
+        # concatenated (2 * widths[i] channels) and returns widths[i].
+        self.up_levels = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for i, w in enumerate(widths):
+            self.up_levels.append(Level(2 * w, w, blocks[i], time_dim, groups, dropout,
+                                        i in attn_levels, attn_heads))
+            if i < self.n_down:
+                self.upsamples.append(Upsample(widths[i + 1], w))
+
+        self.norm_out = norm(groups, widths[0])
+        self.conv_out = nn.Conv2d(widths[0], out_channels, 3, padding=1)
+        # Zero init: the untrained model outputs exactly 0, so the first steps do not fight a
+        # random output and the residual stack starts close to identity.
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x, t, cond=None):
+        """x: (B, in_channels, H, W); t: (B,) or scalar, int or float; cond: (B, cond_channels, H, W)
+        -> (B, out_channels, H, W)."""
+        b, _, h, w = x.shape
+        if not torch.is_tensor(t):
+            t = torch.tensor(t, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(b)
+        temb = self.time_mlp(timestep_embedding(t.to(x.device), self.t_sin_dim))  # (B, T)
+        temb = F.silu(temb)  # every consumer applies SiLU first, so do it once here
+
+        parts = [x]
+        if self.cond_channels:
+            if cond is None:
+                raise ValueError("this model was built with cond_channels > 0: pass cond")
+            parts.append(cond.to(x.dtype))
+        if self.freq_coords:
+            # coordinates of the *unpadded* size: the padding below must not move the frequencies
+            coords = centred_freq_coords(h, w, device=x.device, dtype=x.dtype)  # (3, H, W)
+            parts.append(coords.unsqueeze(0).expand(b, -1, -1, -1))  # (B, 3, H, W)
+        h0 = torch.cat(parts, dim=1)  # (B, Cin + Ccond (+3), H, W)
+
+        # Pad to a multiple of 2**n_down so every downsample halves exactly and the skips line up.
+        # Split between both sides so the zero-frequency pixel stays near the middle; zeros (not
+        # reflect) because reflect fails when the pad exceeds a tiny input.
+        # (ceil-division rather than `(-h) % m`: the modulo of a symbolic size trips some
+        # torch.compile versions' dynamic-shape lowering, floor division does not)
+        m = 2 ** self.n_down
+        ph, pw = (h + m - 1) // m * m - h, (w + m - 1) // m * m - w
+        top, left = ph // 2, pw // 2
+        if ph or pw:
+            h0 = F.pad(h0, (left, pw - left, top, ph - top))  # (B, C, H', W')
+
+        hcur = self.conv_in(h0)  # (B, w0, H', W')
+        skips = []
+        for i, level in enumerate(self.down_levels):
+            hcur = level(hcur, temb)  # (B, w_i, H'/2^i, W'/2^i)
+            if i < self.n_down:
+                skips.append(hcur)
+                hcur = self.downsamples[i](hcur)  # (B, w_{i+1}, H'/2^(i+1), W'/2^(i+1))
+        skips.append(hcur)  # the deepest level's output is the deepest decoder level's skip
+
+        hcur = self.mid2(self.mid_attn(self.mid1(hcur, temb)), temb)  # (B, w_last, ., .)
+
+        for i in reversed(range(len(self.up_levels))):
+            hcur = torch.cat([hcur, skips[i]], dim=1)  # (B, 2 w_i, ., .)
+            hcur = self.up_levels[i](hcur, temb)  # (B, w_i, ., .)
+            if i > 0:
+                hcur = self.upsamples[i - 1](hcur)  # (B, w_{i-1}, 2x, 2x)
+
+        out = self.conv_out(F.silu(self.norm_out(hcur)))  # (B, out, H', W')
+        return out[:, :, top:top + h, left:left + w]  # crop back: (B, out_channels, H, W)
+
+
+def count_parameters(model):
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

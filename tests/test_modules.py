@@ -1,0 +1,214 @@
+"""Tests of modules.UNet_conditional: shapes at any size, gradient flow, frequency coordinates,
+time conditioning, config round trip, attention placement and the presets. Tiny configs only, so
+the whole file runs in a few seconds on a CPU."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import modules
+from modules import MODEL_PRESETS, AttnBlock, UNet_conditional, centred_freq_coords, count_parameters
+
+# Two downsamples (sizes padded to multiples of 4), attention only at the 1/4-resolution level.
+TINY = dict(base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1, attn_levels=(2,),
+            attn_heads=2, groups=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared machine two threads contending
+    with other processes can be many times slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(seed=0, randomise_out=True, **kw):
+    """A tiny model; the zero-initialised output conv is randomised so outputs and gradients are
+    informative (with it at zero the output is identically 0 and only it gets a gradient)."""
+    torch.manual_seed(seed)
+    m = UNet_conditional(**{**TINY, **kw}).eval()
+    if randomise_out:
+        with torch.no_grad():
+            m.conv_out.weight.normal_(0, 0.1)
+            m.conv_out.bias.normal_(0, 0.1)
+    return m
+
+
+def inputs(b, h, w, c=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, c, h, w, generator=g), torch.randint(0, 1000, (b,), generator=g),
+            torch.randn(b, c, h, w, generator=g))
+
+
+@pytest.mark.parametrize("b,h,w", [(1, 64, 64), (2, 33, 47), (2, 20, 100), (1, 7, 5), (2, 1, 1)])
+def test_output_shape_any_size(b, h, w):
+    m = make()
+    x, t, c = inputs(b, h, w)
+    with torch.no_grad():
+        y = m(x, t, c)
+    assert y.shape == (b, 6, h, w)
+    assert torch.isfinite(y).all()
+
+
+def test_pixel_baseline_shape_and_zero_init():
+    """3-channel pixel model without coordinates; a fresh model outputs exactly 0 (zero-init)."""
+    m = make(randomise_out=False, in_channels=3, cond_channels=3, out_channels=3,
+             freq_coords=False)
+    assert m.conv_in.in_channels == 6
+    x, t, c = inputs(2, 33, 47, c=3)
+    with torch.no_grad():
+        y = m(x, t, c)
+    assert y.shape == (2, 3, 33, 47)
+    assert torch.count_nonzero(y) == 0
+
+
+def test_gradients_reach_every_parameter():
+    m = make().train()
+    x, t, c = inputs(2, 24, 20)
+    loss = F.mse_loss(m(x, t, c), torch.randn(2, 6, 24, 20))
+    loss.backward()
+    dead = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+def test_freq_coord_values_known_size():
+    for h, w in [(4, 5), (64, 64), (33, 47)]:
+        co = centred_freq_coords(h, w)  # (3, H, W)
+        assert co.shape == (3, h, w)
+        fy = torch.fft.fftshift(torch.fft.fftfreq(h)) * 2
+        fx = torch.fft.fftshift(torch.fft.fftfreq(w)) * 2
+        torch.testing.assert_close(co[0], fy[:, None].expand(h, w))
+        torch.testing.assert_close(co[1], fx[None, :].expand(h, w))
+        torch.testing.assert_close(co[2], torch.sqrt(co[0] ** 2 + co[1] ** 2) / 2 ** 0.5)
+        assert co[:, h // 2, w // 2].abs().max() == 0  # zero frequency at the fftshift centre
+    co = centred_freq_coords(4, 5)
+    assert co[0, :, 0].tolist() == [-1.0, -0.5, 0.0, 0.5]
+    torch.testing.assert_close(co[1, 0], torch.tensor([-0.8, -0.4, 0.0, 0.4, 0.8]))
+
+
+def test_freq_coords_use_unpadded_size_and_reach_the_output(monkeypatch):
+    m = make()
+    x, t, c = inputs(1, 33, 47)
+    calls = []
+    real = modules.centred_freq_coords
+
+    def spy(h, w, **kw):
+        calls.append((h, w))
+        return real(h, w, **kw)
+
+    monkeypatch.setattr(modules, "centred_freq_coords", spy)
+    with torch.no_grad():
+        y = m(x, t, c)
+    assert calls == [(33, 47)]  # not the padded 36 x 48
+
+    monkeypatch.setattr(modules, "centred_freq_coords", lambda h, w, **kw: torch.zeros(3, h, w))
+    with torch.no_grad():
+        y0 = m(x, t, c)
+    assert (y - y0).abs().max() > 1e-3
+
+
+def test_freq_coords_break_translation_equivariance():
+    """A shifted input gives a shifted output for a plain CNN (away from the borders), but not
+    when the model sees where each frequency is. One level only, so the receptive field is small
+    and the interior is free of border effects."""
+    cfg = dict(channel_mults=(1,), attn_levels=())
+    with_c = make(**cfg, freq_coords=True)
+    without = make(**cfg, freq_coords=False)
+    sd = with_c.state_dict()
+    sd["conv_in.weight"] = sd["conv_in.weight"][:, :12]  # same weights minus the coord channels
+    without.load_state_dict(sd)
+    x, t, c = inputs(1, 64, 64)
+    s, m = 8, 20
+
+    def rel_err(model):
+        with torch.no_grad():
+            y = model(x, t, c)
+            ys = model(x.roll((s, s), (2, 3)), t, c.roll((s, s), (2, 3)))
+        d = (ys - y.roll((s, s), (2, 3)))[..., m:-m, m:-m]
+        return (d.abs().mean() / y[..., m:-m, m:-m].abs().mean()).item()
+
+    e_with, e_without = rel_err(with_c), rel_err(without)
+    assert e_without < 0.05
+    assert e_with > 5 * e_without
+
+
+def test_output_depends_on_t():
+    m = make()
+    x, _, c = inputs(2, 16, 16)
+    with torch.no_grad():
+        y1 = m(x, torch.tensor([10, 10]), c)
+        y2 = m(x, torch.tensor([900, 900]), c)
+        y3 = m(x, torch.tensor([10.0, 10.0]), c)  # float times work and equal the int ones
+        y4 = m(x, 10, c)  # a plain number is broadcast over the batch
+    assert (y1 - y2).abs().max() > 1e-3
+    torch.testing.assert_close(y1, y3)
+    torch.testing.assert_close(y1, y4)
+
+
+def test_config_round_trip_rebuilds_and_loads():
+    m = make(num_res_blocks=(1, 2, 1))
+    cfg = json.loads(json.dumps(m.config))  # JSON-able, as stored in a checkpoint
+    assert cfg == m.config
+    m2 = UNet_conditional(**cfg).eval()
+    assert m2.config == m.config and str(m2) == str(m)
+    m2.load_state_dict(m.state_dict())  # strict: same parameter names and shapes
+    x, t, c = inputs(1, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(m2(x, t, c), m(x, t, c))
+
+
+def test_no_attention_at_full_resolution(monkeypatch):
+    with pytest.raises(ValueError):
+        UNet_conditional(**{**TINY, "attn_levels": (0, 2)})
+    m = make(attn_levels=(1, 2))
+    assert not any(isinstance(mod, AttnBlock) for lv in (m.down_levels[0], m.up_levels[0])
+                   for mod in lv.modules())
+    assert any(isinstance(mod, AttnBlock) for mod in m.down_levels[1].modules())
+    # at run time: every attention call sees at most the pixels of the 1/2-resolution map
+    lengths = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        lengths.append(q.shape[-2])
+        return real(q, k, v, *a, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    x, t, c = inputs(1, 32, 24)
+    with torch.no_grad():
+        m(x, t, c)
+    assert lengths and max(lengths) == 16 * 12 and min(lengths) == 8 * 6
+
+
+def test_bf16_autocast_and_channels_last():
+    m = make()
+    x, t, c = inputs(2, 20, 28)
+    with torch.no_grad():
+        ref = m(x, t, c)
+        m_cl = m.to(memory_format=torch.channels_last)
+        y_cl = m_cl(x.contiguous(memory_format=torch.channels_last), t,
+                    c.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(y_cl, ref, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x, t, c)
+    assert y.shape == ref.shape and torch.isfinite(y).all()
+    assert (y.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+
+
+def test_presets():
+    params = {}
+    for name, preset in MODEL_PRESETS.items():
+        m = UNet_conditional(**preset)
+        params[name] = count_parameters(m)
+        assert m.conv_in.in_channels == 15  # 6 noisy + 6 condition + 3 frequency coordinates
+        assert all(w % 32 == 0 for w in (preset["base_channels"] * k
+                                         for k in preset["channel_mults"]))
+        assert 0 not in preset["attn_levels"]
+    assert params["large"] >= 20e6
+    assert 1e6 <= params["small"] <= 3e6
+    assert params["small"] < params["default"] < params["large"]
+    # the pixel baseline uses the same presets
+    UNet_conditional(in_channels=3, cond_channels=3, out_channels=3, freq_coords=False,
+                     **MODEL_PRESETS["small"])
