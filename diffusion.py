@@ -1,0 +1,171 @@
+"""The diffusion process: schedules, q_sample, the training loss, and the DDPM and DDIM samplers.
+
+Nothing here knows about data, files or the training loop. A sampler is a plain function of
+(model, condition, steps, generator) returning the generated target, in the model's normalised
+space; the codec in utils.py turns it into an image.
+
+    model(x_t, t, cond) -> the prediction named by `prediction`:
+        "eps": the noise,  "x0": the clean target,  "v": sqrt(abar) eps - sqrt(1 - abar) x0
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+PREDICTIONS = ("eps", "x0", "v")
+SCHEDULES = ("cosine", "linear")
+
+
+def cosine_beta_schedule(timesteps, s=0.008):
+    """Nichol & Dhariwal 2021: abar(t) = cos^2((t/T + s) / (1 + s) * pi/2), betas clipped at 0.999."""
+    t = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64) / timesteps
+    abar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    abar = abar / abar[0]
+    return torch.clamp(1 - abar[1:] / abar[:-1], 0, 0.999)
+
+
+def linear_beta_schedule(timesteps, beta_start=1e-4, beta_end=0.02):
+    """Ho et al. 2020, scaled so any number of steps spans the same total noise as 1000."""
+    scale = 1000 / timesteps
+    return torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
+
+
+class Diffusion:
+    """Holds the schedule (float64 on the CPU; gathered values are cast to the input's dtype)."""
+
+    def __init__(self, timesteps=1000, schedule="cosine", prediction="v"):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose {', '.join(SCHEDULES)}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose {', '.join(PREDICTIONS)}")
+        self.timesteps, self.schedule, self.prediction = timesteps, schedule, prediction
+        betas = (cosine_beta_schedule if schedule == "cosine" else linear_beta_schedule)(timesteps)
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # abar_t for t = 0..T-1
+
+    def _abar(self, t, like):
+        a = self.alphas_cumprod.to(like.device)[t].to(like.dtype)
+        return a.view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0, t, noise):
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+        a = self._abar(t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def target_for(self, x0, t, noise):
+        """What the network is trained to output for this (x0, t, noise)."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        a = self._abar(t, x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def p_losses(self, model, x0, cond, t, noise, p_uncond=0.0, generator=None):
+        """Mean squared error of the prediction. With p_uncond > 0 the condition of that fraction
+        of the batch is replaced by zeros, which teaches the unconditional model that
+        classifier-free guidance needs."""
+        if p_uncond > 0:
+            keep = torch.rand(x0.shape[0], generator=generator, device=x0.device) >= p_uncond
+            cond = cond * keep.view(-1, 1, 1, 1).to(cond.dtype)
+        pred = model(self.q_sample(x0, t, noise), t, cond)
+        return F.mse_loss(pred.float(), self.target_for(x0, t, noise).float())
+
+    def split(self, out, x_t, t):
+        """Network output at x_t -> (x0 estimate, eps estimate)."""
+        a = self._abar(t, x_t)
+        if self.prediction == "eps":
+            eps = out
+            x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        elif self.prediction == "x0":
+            x0 = out
+            eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        else:
+            x0 = a.sqrt() * x_t - (1 - a).sqrt() * out
+            eps = (1 - a).sqrt() * x_t + a.sqrt() * out
+        return x0, eps
+
+
+def _guided(model, x, t, cond, guidance):
+    """Classifier-free guidance: uncond + w (cond - uncond); w = 1 is the plain conditional model
+    and costs one forward pass."""
+    if guidance == 1.0:
+        return model(x, t, cond)
+    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, torch.zeros_like(cond)]))
+    c, u = out.chunk(2)
+    return u + guidance * (c - u)
+
+
+def _timesteps(diffusion, steps):
+    """`steps` timesteps evenly spaced over [0, T-1], descending, always ending at 0."""
+    steps = max(1, min(int(steps), diffusion.timesteps))
+    ts = torch.linspace(diffusion.timesteps - 1, 0, steps).round().long()
+    return torch.unique_consecutive(ts).tolist()
+
+
+@torch.no_grad()
+def ddim_sample(model, cond, diffusion, steps=20, eta=0.0, guidance=1.0, generator=None,
+                clip=None, x_T=None):
+    """DDIM (Song et al. 2021) with `steps` network evaluations; eta = 0 is deterministic given
+    the initial noise, eta = 1 matches DDPM's variance. Returns x0 with the shape of `cond`'s
+    batch and the model's channels (taken from cond). clip: bound the x0 estimate to [-c, c].
+    x_T: the initial noise (default: drawn from `generator`)."""
+    x = _initial(cond, generator, x_T)
+    ts = _timesteps(diffusion, steps)
+    for i, t_now in enumerate(ts):
+        t = torch.full((cond.shape[0],), t_now, device=cond.device, dtype=torch.long)
+        x0, eps = diffusion.split(_guided(model, x, t, cond, guidance).to(x.dtype), x, t)
+        if clip:
+            x0 = x0.clamp(-clip, clip)
+            eps = (x - diffusion._abar(t, x).sqrt() * x0) / (1 - diffusion._abar(t, x)).sqrt()
+        if i == len(ts) - 1:
+            x = x0
+            break
+        a_now = diffusion._abar(t, x)
+        a_next = diffusion._abar(torch.full_like(t, ts[i + 1]), x)
+        sigma = eta * ((1 - a_next) / (1 - a_now) * (1 - a_now / a_next)).clamp(min=0).sqrt()
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = a_next.sqrt() * x0 + (1 - a_next - sigma ** 2).clamp(min=0).sqrt() * eps + sigma * noise
+    return x
+
+
+@torch.no_grad()
+def ddpm_sample(model, cond, diffusion, steps=None, guidance=1.0, generator=None, clip=None,
+                x_T=None):
+    """Ancestral sampling (Ho et al. 2020). With steps < T the same posterior is taken between
+    the strided timesteps (the respacing of Nichol & Dhariwal 2021); steps=None uses all T."""
+    steps = diffusion.timesteps if steps is None else steps
+    x = _initial(cond, generator, x_T)
+    ts = _timesteps(diffusion, steps)
+    for i, t_now in enumerate(ts):
+        t = torch.full((cond.shape[0],), t_now, device=cond.device, dtype=torch.long)
+        x0, _ = diffusion.split(_guided(model, x, t, cond, guidance).to(x.dtype), x, t)
+        if clip:
+            x0 = x0.clamp(-clip, clip)
+        if i == len(ts) - 1:
+            return x0
+        a_t = diffusion._abar(t, x)
+        a_prev = diffusion._abar(torch.full_like(t, ts[i + 1]), x)
+        beta = 1 - a_t / a_prev  # the effective beta between the two strided steps
+        mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + ((a_t / a_prev).sqrt() * (1 - a_prev)
+                                                           / (1 - a_t)) * x
+        var = beta * (1 - a_prev) / (1 - a_t)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = mean + var.sqrt() * noise
+    return x
+
+
+def _initial(cond, generator, x_T):
+    if x_T is not None:
+        return x_T.to(device=cond.device, dtype=cond.dtype)
+    return torch.randn(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
+
+
+def sample(model, cond, diffusion, sampler="ddim", steps=20, eta=0.0, guidance=1.0,
+           generator=None, clip=None, x_T=None):
+    """Dispatch to ddim_sample or ddpm_sample by name."""
+    if sampler == "ddim":
+        return ddim_sample(model, cond, diffusion, steps, eta, guidance, generator, clip, x_T)
+    if sampler == "ddpm":
+        return ddpm_sample(model, cond, diffusion, steps, guidance, generator, clip, x_T)
+    raise ValueError(f"unknown sampler {sampler!r}; choose ddim or ddpm")

@@ -1,0 +1,171 @@
+"""ddpm_conditional.py: configuration, checkpoints, exact resume after a kill, NaN handling,
+and DDP under torchrun (two CPU processes, gloo)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ddpm_conditional as D
+from tests.conftest import REPO
+from tests.helpers_data import make_pairs
+
+TINY = json.dumps({"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1,
+                   "attn_levels": [1], "attn_heads": 2, "groups": 4})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    return make_pairs(folder, n=6, size=(24, 28))
+
+
+def _args(data, run_dir, *extra):
+    return ["--csv", str(data), "--val-csv", str(data), "--crop", "16", "--model-args", TINY,
+            "--batch-size", "4", "--num-workers", "0", "--run-dir", str(run_dir),
+            "--eval-every", "0", "--final-eval", "false", "--minutes", "0", "--log-every", "1",
+            "--warmup-steps", "1", "--lr-min-ratio", "1.0", "--threads", "1", *extra]
+
+
+def _run(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "ddpm_conditional.py"), *args],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300, **kw)
+
+
+def test_config_precedence_and_dry_run(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("lr: 0.01\nbatch_size: 3\nprediction: eps\n")
+    cfg, dry = D.resolve_config(["--config", str(cfg_file), "--batch-size", "5", "--dry-run"])
+    assert dry and cfg["lr"] == 0.01 and cfg["batch_size"] == 5 and cfg["prediction"] == "eps"
+    assert cfg["minutes"] == D.launch()["minutes"]
+    cfg, _ = D.resolve_config(["--preset", "rain100l"])
+    assert cfg["preset"] == "rain100l" and cfg["run_dir"].endswith("rain100l-fft")
+    r = _run(["--dry-run", "--crop", "32", "--model-args", '{"base_channels": 48}'])
+    assert r.returncode == 0 and json.loads(r.stdout)["model_args"] == {"base_channels": 48}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"learning_rate": 1}')
+    r = _run(["--config", str(bad), "--dry-run"])
+    assert r.returncode != 0 and "learning_rate" in r.stderr
+
+
+def _final_state(run_dir):
+    ckpt = D.load_checkpoint(D.ckpt_paths(run_dir)[-1])
+    return ckpt
+
+
+def test_resume_after_kill_continues_exactly(data, tmp_path):
+    # uninterrupted reference: 8 steps
+    ref_dir = tmp_path / "ref"
+    r = _run(_args(data, ref_dir, "--max-steps", "8", "--ckpt-every", "4"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref = _final_state(ref_dir)
+    assert ref["step"] == 8
+    # the same run, killed hard after its step-4 checkpoint...
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, str(REPO / "ddpm_conditional.py"),
+                          *_args(data, run_dir, "--max-steps", "8", "--ckpt-every", "4",
+                                 "--keep-ckpts", "10")],
+                         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt4 = run_dir / "ckpt_00000004.pt"
+    deadline = time.time() + 240
+    while not ckpt4.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert ckpt4.exists()
+    for later in D.ckpt_paths(run_dir):  # it may have got further: resume from step 4
+        if later != ckpt4:
+            later.unlink()
+    # ...then resumed: same step, optimiser state, EMA and data stream
+    r = _run(_args(data, run_dir, "--max-steps", "8", "--ckpt-every", "4", "--resume"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from" in r.stdout and "at step 4" in r.stdout
+    got = _final_state(run_dir)
+    assert got["step"] == 8
+    for part in ("model", "ema"):
+        for k, v in ref[part].items():
+            torch.testing.assert_close(got[part][k], v, rtol=1e-5, atol=1e-6, msg=f"{part} {k}")
+    ref_m = ref["optimizer"]["state"]
+    for k in ref_m:
+        torch.testing.assert_close(got["optimizer"]["state"][k]["exp_avg"], ref_m[k]["exp_avg"],
+                                   rtol=1e-4, atol=1e-7)
+    # resolved config written beside the run; the tail of the log continues from step 5
+    assert json.loads((run_dir / "config.json").read_text())["max_steps"] == 8
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert 5 in steps and steps[-1] == 8
+
+
+def test_damaged_and_foreign_checkpoints_are_refused(data, tmp_path):
+    run_dir = tmp_path / "run"
+    r = _run(_args(data, run_dir, "--max-steps", "2", "--ckpt-every", "0"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    good = D.ckpt_paths(run_dir)[-1]
+    model, codec, diffusion, cfg = D.model_from_checkpoint(D.load_checkpoint(good))
+    assert codec.crop == 16 and cfg["crop"] == 16 and not model.training
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(D.CheckpointError, match="damaged.pt.*truncated or damaged"):
+        D.load_checkpoint(damaged)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(D.CheckpointError, match="foreign.pt: not a checkpoint of this repo"):
+        D.load_checkpoint(foreign)
+    r = _run(_args(data, tmp_path / "r2", "--max-steps", "3", "--resume", str(damaged)))
+    assert r.returncode == 2 and "damaged.pt" in r.stderr
+    # nothing half-written: only complete checkpoints in the run dir
+    assert not list(run_dir.glob("*.tmp"))
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(data, tmp_path, monkeypatch):
+    cfg, _ = D.resolve_config(_args(data, tmp_path / "nan", "--max-steps", "50",
+                                    "--max-bad-steps", "3", "--ckpt-every", "2"))
+    trainer = D.Trainer(cfg)
+    trainer.setup()
+    real = trainer.diffusion.p_losses
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        if calls["n"] == 3 or calls["n"] >= 6:  # one isolated NaN, then NaN for ever
+            return loss * float("nan")
+        return loss
+    monkeypatch.setattr(trainer.diffusion, "p_losses", flaky)
+    assert trainer.train() == 4
+    log = [json.loads(line) for line in (tmp_path / "nan" / "log.jsonl").read_text().splitlines()]
+    assert sum(1 for r in log if r.get("skipped")) == 4  # the isolated one and three in a row
+    assert trainer.step == 4
+    for p in trainer.model.parameters():
+        assert torch.isfinite(p).all()
+    assert D.ckpt_paths(tmp_path / "nan")  # the last good checkpoint is kept
+
+
+def test_torchrun_two_cpu_ranks_stay_in_sync(data, tmp_path):
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", str(REPO / "ddpm_conditional.py"),
+                        *_args(data, run_dir, "--max-steps", "3", "--device", "cpu")],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    sync = [rec for rec in log if "ranks_in_sync" in rec]
+    assert sync and sync[-1]["ranks_in_sync"] is True and len(sync[-1]["weights_digest"]) == 2
+    assert D.load_checkpoint(D.ckpt_paths(run_dir)[-1])["world"] == 2
+    # only rank 0 writes: one log line per step
+    assert [rec["step"] for rec in log if "loss" in rec] == [1, 2, 3]
+
+
+def test_stop_file_checkpoints_and_exits(data, tmp_path):
+    run_dir = tmp_path / "stop"
+    run_dir.mkdir()
+    (run_dir / "STOP").touch()
+    r = _run(_args(data, run_dir, "--max-steps", "100"))
+    assert r.returncode == 3 and "stop requested at step 0" in r.stdout
+    assert D.ckpt_paths(run_dir)
