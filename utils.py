@@ -22,14 +22,15 @@ from helpers.statistics import (channel_keys, check_settings, load_pair, load_st
                                read_pairs)
 
 DOMAINS = ("fft", "pixel")
-NORMS = ("perfreq", "global")
-COND_CLIP = 4.0  # a new photo may fall outside the training range; bound what the network sees
+NORMS = ("perfreq_std", "perfreq", "global_std", "global")
+STD_SPAN = 2.0  # the *_std norms map mean -+ 2 std to [-1, 1]: data of std 0.5, like images
+COND_CLIP = 8.0  # a new photo may fall outside the training range; bound what the network sees
 
 
 class Codec:
     """Pair of images <-> normalised (target, condition) arrays, for one set of settings."""
 
-    def __init__(self, domain="fft", representation="magphase", target="diff", norm="perfreq",
+    def __init__(self, domain="fft", representation="magphase", target="diff", norm="perfreq_std",
                  crop=64, stats=None, log=True):
         if domain not in DOMAINS:
             raise ValueError(f"unknown domain {domain!r}; choose one of {', '.join(DOMAINS)}")
@@ -53,21 +54,30 @@ class Codec:
         if "ranges" in stats:
             return {k: tuple(np.asarray(a, dtype=np.float64) for a in v)
                     for k, v in stats["ranges"].items()}
+        # Every norm is the original min/max map 2 (x - lo) / (hi - lo) - 1; the *_std norms take
+        # lo, hi = mean -+ 2 std. A heavy-tailed spectrum squeezed by its extremes (min/max) has
+        # most of its values in a sliver of [-1, 1], which the diffusion noise drowns at once;
+        # mean/std per frequency gives every coefficient the same spread instead.
         part = {"target": self.target, "cond": "rain"}
         ranges = {}
         for role, name in part.items():
-            if self.norm == "perfreq":
+            if self.norm.startswith("perfreq"):
                 freq = stats.get("per_frequency")
                 if not isinstance(freq, dict):
                     raise ValueError("per-frequency statistics missing (computed with --crop 0?); "
                                      "recompute with get_fft_statistics_log.py --crop "
                                      f"{self.crop}, or use --norm global")
-                lo, hi = freq[f"{name}_min"], freq[f"{name}_max"]
+                get = lambda stat: np.asarray(freq[f"{name}_{stat}"], np.float64)
             else:
-                keys = [f"{k}_{{}}" for k in channel_keys(self.representation)]
-                lo = np.array([stats[name][k.format("min")] for k in keys])[:, None, None]
-                hi = np.array([stats[name][k.format("max")] for k in keys])[:, None, None]
-            ranges[role] = (np.asarray(lo, np.float64), np.asarray(hi, np.float64))
+                keys = channel_keys(self.representation)
+                get = lambda stat: np.array([stats[name][f"{k}_{stat}"] for k in keys],
+                                            np.float64)[:, None, None]
+            if self.norm.endswith("_std"):
+                mean, std = get("mean"), get("std")
+                lo, hi = mean - STD_SPAN * std, mean + STD_SPAN * std
+            else:
+                lo, hi = get("min"), get("max")
+            ranges[role] = (lo, hi)
         return ranges
 
     # ------------------------------------------------------------ state for the checkpoint
@@ -142,7 +152,7 @@ class FFTDataset(Dataset):
     centre crop is taken, so validation losses are comparable between runs."""
 
     def __init__(self, csv, stats=None, crop=64, representation="magphase", target="diff",
-                 norm="perfreq", domain="fft", train=True, log=True, codec=None):
+                 norm="perfreq_std", domain="fft", train=True, log=True, codec=None):
         self.pairs = read_pairs(csv)
         if not self.pairs:
             raise ValueError(f"{csv}: no pairs")

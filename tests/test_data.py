@@ -79,16 +79,28 @@ def test_dataset_yields_finite_normalised_tensors(pairs_csv, tmp_path):
     for rep in P.REPRESENTATIONS:
         stats = _stats(pairs_csv, tmp_path, representation=rep)
         for target in P.TARGETS:
-            for norm in ("perfreq", "global"):
+            for norm in ("perfreq", "global", "perfreq_std", "global_std"):
                 ds = FFTDataset(pairs_csv, stats, 16, rep, target, norm)
                 tgt, cond = ds[0]
                 assert tgt.shape == cond.shape == (6, 16, 16)
                 assert tgt.dtype == cond.dtype == torch.float32
                 assert torch.isfinite(tgt).all() and torch.isfinite(cond).all()
+                if norm.endswith("_std"):  # mean -+ 2 std -> [-1, 1]: most values inside
+                    assert tgt.abs().median() < 1
+                    continue
                 # a random crop is not one of the windows the statistics saw, so a few values
                 # may leave [-1, 1] a little; the bulk must be inside
                 for x in (tgt, cond):
-                    assert x.abs().quantile(0.95) <= 1 and x.abs().max() < 4
+                    assert x.abs().quantile(0.9) <= 1 and x.abs().max() < 4
+
+
+def test_std_norm_gives_each_frequency_the_same_spread(pairs_csv, tmp_path):
+    stats = _stats(pairs_csv, tmp_path, representation="realimag")
+    ds = FFTDataset(pairs_csv, stats, 16, "realimag", "diff", "perfreq_std", train=False)
+    tgt = torch.stack([ds[i][0] for i in range(len(ds))])  # (N, 6, 16, 16)
+    # over the statistics' own windows the per-frequency std would be 0.5 exactly; over centre
+    # crops of 5 images it is near 0.5 on average, where min/max leaves it far smaller
+    assert 0.25 < tgt.std(dim=0).mean() < 0.75
 
 
 def test_dataset_refuses_statistics_of_other_settings(pairs_csv, tmp_path):
