@@ -1,0 +1,219 @@
+"""derain.py's command line: inputs of every kind, outputs, scoring, bad files and checkpoints,
+seeds, ensembles, the pixel domain, and a large image with a fake model (bounded memory)."""
+import csv
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import derain
+from diffusion import Diffusion
+from tests.conftest import REPO
+from tests.helpers_data import make_pairs, smooth_image
+from tests.test_training import TINY
+from utils import Codec
+
+FAST = ["--steps", "2", "--quiet"]
+
+
+def _train(data, run_dir, *extra):
+    args = ["--csv", str(data), "--val-csv", str(data), "--crop", "16", "--model-args", TINY,
+            "--batch-size", "4", "--num-workers", "0", "--run-dir", str(run_dir),
+            "--eval-every", "0", "--final-eval", "false", "--minutes", "0", "--log-every", "1",
+            "--warmup-steps", "1", "--threads", "1", "--max-steps", "2", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(REPO / "ddpm_conditional.py"), *args],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return sorted(run_dir.glob("ckpt_*.pt"))[-1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("derain_cli")
+    csv_path = make_pairs(root / "pairs", n=3, size=(24, 28))
+    return {"csv": csv_path, "pairs": root / "pairs",
+            "fft": _train(csv_path, root / "run_fft"),
+            "pixel": _train(csv_path, root / "run_pixel", "--domain", "pixel")}
+
+
+def _save(path, size, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(smooth_image(np.random.default_rng(seed), *size)).save(path)
+    return path
+
+
+def _main(args, capsys):
+    code = derain.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_folder_of_mixed_sizes_and_shared_stems(setup, tmp_path, capsys):
+    sizes = {"a2.png": (23, 37), "a10.jpg": (10, 12), "wide.bmp": (20, 41)}  # odd, tiny, wide
+    for i, (name, size) in enumerate(sizes.items()):
+        _save(tmp_path / "in" / name, size, seed=i)
+    other = _save(tmp_path / "other" / "a2.png", (17, 18), seed=9)  # same stem as in/a2.png
+    out = tmp_path / "out"
+    code, stdout, _ = _main(["--ckpt", setup["fft"], tmp_path / "in", other, "--out", out, *FAST],
+                            capsys)
+    assert code == 0 and "derained 4, failed 0" in stdout
+    expected = {"in_a2.png": (23, 37), "other_a2.png": (17, 18), "a10.png": (10, 12),
+                "wide.png": (20, 41)}
+    assert sorted(os.listdir(out)) == sorted(expected)  # PNG always, nothing overwritten
+    for name, (h, w) in expected.items():
+        with Image.open(out / name) as img:
+            assert img.mode == "RGB" and img.size == (w, h)
+            assert np.asarray(img).dtype == np.uint8
+
+
+def test_pairs_csv_with_eval_scores_ours_and_the_baseline(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = _main(["--ckpt", setup["fft"], setup["csv"], "--out", out, "--eval",
+                             *FAST], capsys)
+    assert code == 0, stdout
+    assert "prediction" in stdout and "input (baseline)" in stdout and "gain" in stdout
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for col in ("name", "pred", "target", "psnr_y", "ssim_y", "input", "input_psnr_y",
+                "input_ssim_y"):
+        assert col in rows[0]
+    assert all(float(r["psnr_y"]) > 0 and float(r["input_psnr_y"]) > 0 for r in rows)
+    # --eval TARGET_DIR pairs a folder's outputs with the targets by file stem
+    out2 = tmp_path / "out2"
+    code, stdout, _ = _main(["--ckpt", setup["fft"], setup["pairs"] / "input", "--out", out2,
+                             "--eval", setup["pairs"] / "target", *FAST], capsys)
+    assert code == 0 and (out2 / "scores.csv").exists()
+    with open(out2 / "scores.csv", newline="") as f:  # same images, same seeds: same scores
+        assert [r["psnr_y"] for r in csv.DictReader(f)] == [r["psnr_y"] for r in rows]
+    # a bare --eval needs a CSV's clean column
+    with pytest.raises(SystemExit) as e:
+        derain.main(["--ckpt", str(setup["fft"]), str(setup["pairs"] / "input"), "--out",
+                     str(tmp_path / "o3"), "--eval"])
+    assert e.value.code == 2
+
+
+def test_bad_images_are_named_and_the_rest_still_derained(setup, tmp_path, capsys):
+    d = tmp_path / "in"
+    good = _save(d / "good.png", (20, 20))
+    (d / "corrupt.png").write_bytes(good.read_bytes()[:60])
+    Image.fromarray(np.full((20, 20), 128, np.uint8)).save(d / "gray.png")
+    Image.fromarray(np.full((20, 20, 4), 128, np.uint8)).save(d / "rgba.png")
+    Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(d / "deep16.png")
+    missing = tmp_path / "missing.png"
+    code, stdout, stderr = _main(["--ckpt", setup["fft"], d, missing, "--out", tmp_path / "out",
+                                  *FAST], capsys)
+    assert code == 1
+    for name in ("corrupt.png", "gray.png", "rgba.png", "deep16.png", "missing.png"):
+        assert sum(name in line for line in stderr.splitlines() if line.startswith("error:")) \
+            == 1, (name, stderr)
+    assert "derained 1, failed 5" in stdout
+    assert os.listdir(tmp_path / "out") == ["good.png"]  # no partial files left behind
+
+
+def test_damaged_or_foreign_checkpoint_exits_2_naming_it(setup, tmp_path, capsys):
+    img = _save(tmp_path / "x.png", (20, 20))
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(setup["fft"].read_bytes()[:4000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    for ckpt in (damaged, foreign):
+        code, _, stderr = _main(["--ckpt", ckpt, img, "--out", tmp_path / "out", *FAST], capsys)
+        assert code == 2 and ckpt.name in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    # the script itself: exit status and message
+    r = subprocess.run([sys.executable, str(REPO / "derain.py"), "--ckpt", str(damaged),
+                        str(img), "--out", str(tmp_path / "out")], capture_output=True,
+                       text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       timeout=120)
+    assert r.returncode == 2 and "damaged.pt" in r.stderr
+
+
+def _bytes(setup, tmp_path, capsys, tag, inputs, *extra):
+    out = tmp_path / tag
+    code, _, _ = _main(["--ckpt", setup["fft"], *inputs, "--out", out, *FAST, *extra], capsys)
+    assert code == 0
+    return {n: (out / n).read_bytes() for n in sorted(os.listdir(out))}
+
+
+def test_seeds_make_outputs_reproducible(setup, tmp_path, capsys):
+    a = _save(tmp_path / "in" / "a.png", (20, 26), seed=1)
+    b = _save(tmp_path / "in" / "b.png", (18, 30), seed=2)
+    for extra in (["--eta", "1"], ["--sampler", "ddpm"]):
+        tag = extra[-1]
+        one = _bytes(setup, tmp_path, capsys, f"{tag}1", [a, b], "--seed", "3", *extra)
+        two = _bytes(setup, tmp_path, capsys, f"{tag}2", [a, b], "--seed", "3", *extra)
+        other = _bytes(setup, tmp_path, capsys, f"{tag}3", [a, b], "--seed", "4", *extra)
+        assert one == two
+        assert one["a.png"] != other["a.png"] and one["b.png"] != other["b.png"]
+    # image i's noise depends on (seed, i) only: not on the images derained after it
+    alone = _bytes(setup, tmp_path, capsys, "alone", [a], "--eta", "1", "--seed", "3")
+    assert alone["a.png"] == one["a.png"]
+
+
+def test_ensemble_and_raw_weights(setup, tmp_path, capsys):
+    img = _save(tmp_path / "x.png", (21, 19))
+    ens = _bytes(setup, tmp_path, capsys, "ens", [img], "--ensemble", "2", "--eta", "1")
+    one = _bytes(setup, tmp_path, capsys, "one", [img], "--eta", "1")
+    assert ens["x.png"] != one["x.png"]
+    with Image.open(tmp_path / "ens" / "x.png") as im:
+        assert im.size == (19, 21)
+    assert _bytes(setup, tmp_path, capsys, "raw", [img], "--no-ema")["x.png"]
+
+
+def test_pixel_domain_checkpoint(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = _main(["--ckpt", setup["pixel"], setup["csv"], "--out", out, "--eval",
+                             "--batch-size", "3", *FAST], capsys)
+    assert code == 0 and "derained 3, failed 0" in stdout and "input (baseline)" in stdout
+    for n in ("1.png", "2.png", "3.png"):
+        with Image.open(out / n) as img:
+            assert img.mode == "RGB" and img.size == (28, 24)
+
+
+class IdentityX0(torch.nn.Module):
+    """Pixel domain, x0 prediction of a zero change: the output must be the input. Records the
+    largest batch it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.largest = 0
+
+    def forward(self, x, t, cond):
+        self.largest = max(self.largest, x.shape[0])
+        return torch.zeros_like(x) + self.w
+
+
+def test_large_image_with_a_fake_model_keeps_memory_bounded(tmp_path, capsys, monkeypatch):
+    crop, batch, h, w, ensemble = 16, 64, 200, 300, 4
+    model = IdentityX0()
+    codec = Codec("pixel", "realimag", "diff", "perfreq", crop, None)
+    fake = (model, codec, Diffusion(1000, prediction="x0"), {"clip_x0": 0.0, "domain": "pixel"})
+    monkeypatch.setattr(derain, "load_model", lambda *a, **k: fake)
+    img = _save(tmp_path / "big.png", (h, w))
+    windows = derain.count_windows(h, w, crop, ensemble)
+    assert windows > 10 * batch
+    tracemalloc.start()
+    try:
+        code, stdout, stderr = _main(["--ckpt", "fake.pt", img, "--out", tmp_path / "out",
+                                      "--steps", "1", "--batch-size", batch, "--ensemble",
+                                      ensemble], capsys)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 0, stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "big.png")),
+                          np.asarray(Image.open(img)))
+    assert model.largest <= batch
+    assert f"/{windows}" in stderr  # the per-window progress bar
+    image_f64 = 3 * h * w * 8
+    # the windows of the whole image would be 4 * ensemble = 16 such images; the float64
+    # output, weights and their quotient a few
+    assert peak < 8 * image_f64, peak / image_f64
