@@ -120,7 +120,7 @@ def evaluate_pairs(model, codec, diffusion, cfg, csv, limit=None, figure=None, o
                 print(f"skipped: {e}", file=sys.stderr)
                 errors.append(str(e))
                 continue
-            g = torch.Generator(device=device).manual_seed(seed)
+            g = torch.Generator(device=device).manual_seed(image_seed(seed, i))
             pred = derain_array(model, codec, diffusion, rain_u8.transpose(2, 0, 1) / 255.0,
                                 cfg["sampler"], cfg["sample_steps"], cfg["eta"], cfg["guidance"],
                                 cfg["clip_x0"], generator=g, device=device)
@@ -281,7 +281,8 @@ def _parser():
     p.add_argument("--ckpt", required=True, help="checkpoint written by ddpm_conditional.py")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    p.add_argument("--steps", type=int, default=20, help="network evaluations per sample (20)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="network evaluations per sample (default: the checkpoint's sample_steps)")
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM noise (0: deterministic given the seed); ignored by ddpm")
     p.add_argument("--guidance", type=float, default=1.0,
@@ -311,7 +312,7 @@ def _parser():
 def _check_args(p, a):
     for name, value, low in (("--steps", a.steps, 1), ("--ensemble", a.ensemble, 1),
                              ("--batch-size", a.batch_size, 1)):
-        if value < low:
+        if value is not None and value < low:
             p.error(f"{name} must be at least {low}, got {value}")
     if a.eta < 0:
         p.error(f"--eta must be >= 0, got {a.eta}")
@@ -405,6 +406,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     clip = cfg.get("clip_x0", 0.0) if a.clip_x0 is None else a.clip_x0
+    a.steps = a.steps or cfg.get("sample_steps", 20)
     if a.guidance != 1.0 and not cfg.get("p_uncond", 0):
         say(f"warning: {a.ckpt} was trained without condition dropout (p_uncond 0): "
             f"--guidance {a.guidance} extrapolates towards an untrained unconditional model")

@@ -1,6 +1,7 @@
 """derain.py's command line: inputs of every kind, outputs, scoring, bad files and checkpoints,
 seeds, ensembles, the pixel domain, and a large image with a fake model (bounded memory)."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -217,3 +218,16 @@ def test_large_image_with_a_fake_model_keeps_memory_bounded(tmp_path, capsys, mo
     # the windows of the whole image would be 4 * ensemble = 16 such images; the float64
     # output, weights and their quotient a few
     assert peak < 8 * image_f64, peak / image_f64
+
+
+def test_bench_sampling_reports_every_setting(setup, tmp_path):
+    import bench_sampling
+    out = tmp_path / "speed.json"
+    assert bench_sampling.main(["--ckpt", str(setup["fft"]), "--csv", str(setup["csv"]),
+                                "--settings", "ddpm:4,ddim:2", "--out", str(out),
+                                "--threads", "1"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddpm", 4), ("ddim", 2)]
+    assert all(r["images"] == 3 and r["seconds_per_image"] > 0 and np.isfinite(r["psnr_y"])
+               for r in rows)
+    assert bench_sampling.main(["--ckpt", str(setup["csv"]), "--csv", str(setup["csv"])]) == 2

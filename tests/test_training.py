@@ -169,3 +169,18 @@ def test_stop_file_checkpoints_and_exits(data, tmp_path):
     r = _run(_args(data, run_dir, "--max-steps", "100"))
     assert r.returncode == 3 and "stop requested at step 0" in r.stdout
     assert D.ckpt_paths(run_dir)
+
+
+def test_real_data_presets_split_by_number_without_leakage(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "REPO", tmp_path)  # the preset's CSVs and statistics go here
+    cfg, _ = D.resolve_config(["--preset", "rain100", "--data-root", str(shared_data)])
+    cfg["stats"] = str(tmp_path / "unused.json")  # only the split is tested here
+    (tmp_path / "unused.json").write_text("{}")
+    D.prepare_data(cfg, log=lambda m: None)
+    import pandas as pd
+    train, val = pd.read_csv(tmp_path / cfg["csv"]), pd.read_csv(tmp_path / cfg["val_csv"])
+    number = lambda ids: {int("".join(c for c in str(i) if c.isdigit())) for i in ids}
+    assert len(train) == 100 and len(val) == 20  # pairs 1-50 and 51-60 of Rain100L and Rain100H
+    assert number(train.clean_id) == set(range(1, 51))
+    assert number(val.clean_id) == set(range(51, 61))
+    assert set(train.dataset) == set(val.dataset) == {"Rain100L", "Rain100H"}
