@@ -13,6 +13,7 @@ spectrum of the rainy image (see utils.Codec); at the end the held-out pairs are
 size (derain.py) and scored with PSNR-Y / SSIM-Y beside the rainy input.
 """
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -487,21 +488,19 @@ class Trainer:
     def _should_stop(self):
         """A signal (SIGUSR1/SIGTERM from Slurm) or a STOP file asks for a clean stop; all ranks
         must agree, else DDP would hang on the next all-reduce."""
-        flag = self._stop_signal or self.stop_file.exists()
-        if self.ddp:
-            t = torch.tensor([float(flag)], device=self.device)
-            dist.all_reduce(t)
-            flag = t.item() > 0
-        return flag
+        return self._any_rank(self._stop_signal or self.stop_file.exists())
 
     def _budget_over(self):
         m = self.cfg["minutes"]
-        over = bool(m) and self._elapsed() >= 60 * m
-        if self.ddp:
-            t = torch.tensor([float(over)], device=self.device)
-            dist.all_reduce(t)
-            over = t.item() > 0
-        return over
+        return self._any_rank(bool(m) and self._elapsed() >= 60 * m)
+
+    def _any_rank(self, flag):
+        """True on every rank if it is true on any (ranks must leave the loop together)."""
+        if not self.ddp:
+            return bool(flag)
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t)
+        return t.item() > 0
 
     def _step_generator(self):
         # the noise of step s on rank r depends on (seed, s, r) alone, so a resumed run draws
@@ -604,7 +603,7 @@ class Trainer:
                               device=self.device)
             noise = torch.randn(target.shape, generator=g, device=self.device)
             sync = micro == cfg["grad_accum"] - 1 or not self.ddp
-            ctx = self.net.no_sync() if (self.ddp and not sync) else _null()
+            ctx = self.net.no_sync() if (self.ddp and not sync) else contextlib.nullcontext()
             with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype,
                                      enabled=self.amp_dtype is not None):
                 loss = self.diffusion.p_losses(self.net, target, cond, t, noise,
@@ -687,14 +686,6 @@ def weights_digest(model):
 
 def hash_seed(*parts):
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def final_evaluation(trainer):
