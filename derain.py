@@ -28,19 +28,14 @@ import torch
 
 from diffusion import sample
 from helpers.images import ImageError, is_image_file, read_rgb, to_uint8, write_rgb
-from helpers.statistics import pad_to, read_pairs
+from helpers.statistics import pad_to, read_pairs, window_starts
 
 OVERLAP = 0.5  # fraction of a window shared with its neighbour
 
 
 def tile_starts(length, crop, overlap=OVERLAP):
-    """Window offsets covering [0, length) with at least `overlap` shared between neighbours,
-    evenly spaced, the first at 0 and the last flush with the end."""
-    if length <= crop:
-        return [0]
-    stride = max(1, int(crop * (1 - overlap)))
-    n = int(np.ceil((length - crop) / stride)) + 1
-    return sorted({int(round(i * (length - crop) / (n - 1))) for i in range(n)})
+    """Window offsets for deraining: the statistics' tiling with half-window overlap."""
+    return window_starts(length, crop, overlap)
 
 
 def window_weight(crop):

@@ -42,11 +42,14 @@ def channel_keys(representation):
     return [f"{kind}_{c}" for kind in (a, b) for c in "RGB"]
 
 
-def window_starts(length, crop):
-    """Start offsets of windows of `crop` covering [0, length): evenly spaced, the last flush."""
+def window_starts(length, crop, overlap=0.0):
+    """Start offsets of windows of `crop` covering [0, length), neighbours sharing at least
+    `overlap` of a window: evenly spaced, the first at 0 and the last flush with the end.
+    Statistics tile with overlap 0; derain.py with 0.5."""
     if length <= crop:
         return [0]
-    n = math.ceil(length / crop)
+    stride = max(1, int(crop * (1 - overlap)))
+    n = math.ceil((length - crop) / stride) + 1
     return sorted({round(i * (length - crop) / (n - 1)) for i in range(n)})
 
 
