@@ -39,12 +39,12 @@ with --strict any of them makes the run exit 1 without writing a CSV. --no-check
 (and so the size check). A folder with images but no recognised layout (e.g. rainy photos with no
 ground truth) is only noted: it is not a broken pair. No pairs at all: exit 2.
 
-Split (--val-fraction F --seed S): whole clean images are shuffled with the seed and
-round(F * number of clean images) of them go to validation together with all of their rainy
-variants; instead of OUT this writes OUT_train.csv and OUT_val.csv beside it (from --out
-pairs.csv: pairs_train.csv and pairs_val.csv). The same data and seed give the same split.
-Note: Rain100L and Rain100H share clean backgrounds by number; keep number N on one side when
-splitting a CSV that contains both (see ../shared/data/README.md).
+Split (--val-fraction F --seed S): whole backgrounds are shuffled with the seed and
+round(F * number of backgrounds) of them go to validation together with all of their rainy
+variants. A background is a clean image's number, across datasets (Rain100L's rain-007.png and
+Rain100H's 7.png are the same picture), or its file when its name has no number. Instead of
+OUT this writes OUT_train.csv and OUT_val.csv beside it (from --out pairs.csv: pairs_train.csv
+and pairs_val.csv). The same data and seed give the same split.
 
 Every CSV is written atomically: an interrupted run leaves the previous file, never half of one.
 """
@@ -389,24 +389,33 @@ def validate_pairs(pairs, workers=None, progress=True):
 
 
 # ---------------------------------------------------------------- split and CSV
+def _background_key(pair):
+    """The group a clean image belongs to when splitting: its number, shared across datasets.
+
+    Rain100L and Rain100H use the same backgrounds under the same numbers ("rain-007.png" and
+    "7.png" differ only by one padded row and column), so grouping by path alone could put one
+    background on both sides of a split of a mixed CSV. Grouping every set's image N together is
+    conservative for sets that do not share backgrounds and exact for those that do. Clean ids
+    without a number are grouped by their file."""
+    digits = re.findall(r"\d+", pair.clean_id)
+    return ("n", int(digits[-1])) if digits else ("f", os.path.abspath(pair.clean))
+
+
 def split_pairs(pairs, val_fraction, seed=0):
-    """(train, val): round(val_fraction * number of clean images) whole clean images, with all of
-    their rainy variants, go to val. Depends only on the pairs' datasets/ids/paths and the seed,
-    not on the order of `pairs`."""
+    """(train, val): round(val_fraction * number of backgrounds) whole backgrounds, with all of
+    their rainy variants in every dataset, go to val (see _background_key). Depends only on the
+    pairs' datasets/ids/paths and the seed, not on the order of `pairs`."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    groups = {}
-    for p in pairs:
-        groups.setdefault(os.path.abspath(p.clean), (p.dataset, p.clean_id))
-    order = sorted(groups, key=lambda g: (natural_key(groups[g][0]), natural_key(groups[g][1]),
-                                          natural_key(g)))
+    order = sorted({_background_key(p) for p in pairs},
+                   key=lambda k: (k[0], k[1]) if k[0] == "n" else (k[0], natural_key(k[1])))
     random.Random(seed).shuffle(order)
     n_val = round(val_fraction * len(order))
     if len(order) >= 2:  # an empty side would silently break training or evaluation
         n_val = min(max(n_val, 1), len(order) - 1)
     val_groups = set(order[:n_val])
-    train = [p for p in pairs if os.path.abspath(p.clean) not in val_groups]
-    val = [p for p in pairs if os.path.abspath(p.clean) in val_groups]
+    train = [p for p in pairs if _background_key(p) not in val_groups]
+    val = [p for p in pairs if _background_key(p) in val_groups]
     return sorted(train, key=_pair_key), sorted(val, key=_pair_key)
 
 

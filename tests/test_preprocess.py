@@ -406,3 +406,19 @@ def test_real_data_end_to_end_decoded(shared_data, tmp_path):
     table = rows(out)
     assert [r["rain_id"] for r in table] == [f"norain-{i}" for i in range(1, 6)]
     assert all((out.parent / r["image_rain_filepath"]).is_file() for r in table)
+
+
+def test_split_keeps_a_background_number_on_one_side_across_datasets(tmp_path):
+    # Rain100L-like and Rain100H-like sets share backgrounds by number under different names.
+    for i in range(1, 13):
+        img(tmp_path / "L" / "target" / f"rain-{i:03d}.png", seed=i)
+        img(tmp_path / "L" / "input" / f"rain-{i:03d}.png", seed=100 + i)
+        img(tmp_path / "H" / "target" / f"{i}.png", seed=i)
+        img(tmp_path / "H" / "input" / f"{i}.png", seed=200 + i)
+    pairs = find_pairs(tmp_path / "L") + find_pairs(tmp_path / "H")
+    assert len(pairs) == 24
+    train, val = split_pairs(pairs, 0.25, seed=3)
+    number = lambda p: int(p.clean_id.split("-")[-1])  # noqa: E731
+    train_n, val_n = {number(p) for p in train}, {number(p) for p in val}
+    assert len(val_n) == 3 and not train_n & val_n
+    assert len(val) == 6  # both datasets' pairs of each validation background
