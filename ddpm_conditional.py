@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 
 from diffusion import Diffusion
+from helpers.seeding import hash_seed
 from modules import MODEL_PRESETS, UNet_conditional
 from utils import Codec, get_data
 
@@ -684,10 +685,6 @@ def weights_digest(model):
     for v in model.state_dict().values():
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def hash_seed(*parts):
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
 
 
 def final_evaluation(trainer):

@@ -16,7 +16,6 @@ is reported on one line naming it and skipped; the exit status is 1 if any faile
 checkpoint or arguments. `python derain.py --help` lists the sampling options.
 """
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -28,6 +27,7 @@ import torch
 
 from diffusion import sample
 from helpers.images import ImageError, is_image_file, read_rgb, to_uint8, write_rgb
+from helpers.seeding import hash_seed
 from helpers.statistics import pad_to, read_pairs, window_starts
 
 OVERLAP = 0.5  # fraction of a window shared with its neighbour
@@ -235,8 +235,7 @@ def index_targets(folder):
 def image_seed(seed, index):
     """Seed of image `index`'s generator: a function of (seed, index) alone, so an image's
     noise does not depend on the images derained before it."""
-    digest = hashlib.sha256(repr(("derain", int(seed), int(index))).encode()).digest()
-    return int.from_bytes(digest[:7], "little")
+    return hash_seed("derain", int(seed), int(index))
 
 
 def pick_device(name):
