@@ -209,21 +209,29 @@ def prepare_data(cfg, log=print):
     elif preset in PRESET_SPLITS and not cfg["csv"]:
         from preprocess_csv import find_pairs, write_pairs_csv
         names, n_train = PRESET_SPLITS[preset]
-        pairs = []
         out = REPO / "data" / "presets" / preset
-        for name in names:
-            src = (REPO / cfg["data_root"] / name).resolve()
-            if not src.is_dir():
-                raise SystemExit(f"error: {src} not found: the {preset} preset reads the shared "
-                                 f"data in place (set --data-root to the folder holding {name}/)")
-            if not (out / "val.csv").exists():
-                pairs += find_pairs(src)
-        if not (out / "val.csv").exists():
-            number = lambda p: int("".join(ch for ch in p.clean_id if ch.isdigit()))
-            write_pairs_csv([p for p in pairs if number(p) <= n_train], out / "train.csv",
+        # One validation CSV per set as well when the preset mixes sets (val_Rain100L.csv, ...),
+        # so that each set is scored on its own.
+        wanted = [out / "train.csv", out / "val.csv"] + \
+            ([out / f"val_{name}.csv" for name in names] if len(names) > 1 else [])
+        if not all(f.exists() for f in wanted):
+            number = lambda p: int("".join(ch for ch in p.clean_id if ch.isdigit()))  # noqa: E731
+            train, val = [], {}
+            for name in names:
+                src = (REPO / cfg["data_root"] / name).resolve()
+                if not src.is_dir():
+                    raise SystemExit(f"error: {src} not found: the {preset} preset reads the "
+                                     f"shared data in place (set --data-root to the folder "
+                                     f"holding {name}/)")
+                pairs = find_pairs(src)
+                train += [p for p in pairs if number(p) <= n_train]
+                val[name] = [p for p in pairs if number(p) > n_train]
+            write_pairs_csv(train, out / "train.csv", absolute=True)
+            write_pairs_csv([p for name in names for p in val[name]], out / "val.csv",
                             absolute=True)
-            write_pairs_csv([p for p in pairs if number(p) > n_train], out / "val.csv",
-                            absolute=True)
+            if len(names) > 1:
+                for name in names:
+                    write_pairs_csv(val[name], out / f"val_{name}.csv", absolute=True)
         cfg["csv"], cfg["val_csv"] = str(out / "train.csv"), str(out / "val.csv")
     if not cfg["csv"]:
         raise SystemExit("error: no training CSV: give --csv PAIRS.csv (see preprocess_csv.py) "

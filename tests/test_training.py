@@ -184,3 +184,7 @@ def test_real_data_presets_split_by_number_without_leakage(shared_data, tmp_path
     assert number(train.clean_id) == set(range(1, 51))
     assert number(val.clean_id) == set(range(51, 61))
     assert set(train.dataset) == set(val.dataset) == {"Rain100L", "Rain100H"}
+    for name in ("Rain100L", "Rain100H"):  # and one validation CSV per set, for the tables
+        per_set = pd.read_csv(tmp_path / "data" / "presets" / "rain100" / f"val_{name}.csv")
+        assert len(per_set) == 10 and set(per_set.dataset) == {name}
+        assert number(per_set.clean_id) == set(range(51, 61))
