@@ -17,7 +17,8 @@ Writes into --out, each file atomically; a figure whose inputs are missing is sk
                              predicted change ours - rain and the error, for one pair
     speed.png                PSNR-Y against sampling steps and seconds per image, from --speed
                              (JSON list / {"rows": [...]}, JSON lines or CSV of rows with
-                             sampler, steps, seconds_per_image, psnr_y [, input_psnr_y, set])
+                             sampler, steps, seconds_per_image, psnr_y [, input_psnr_y, set];
+                             repeat --speed to overlay several files)
 and refreshes training_pipeline.png (helpers/draw_pipeline.py; --pipeline '' skips it).
 
 Deraining runs on --device (auto: the GPU if there is one) with the checkpoint's sampler and
@@ -332,7 +333,9 @@ def build_parser():
                     help="downscale real photos to at most this long side first (640; 0: never)")
     ap.add_argument("--csv", help="also a comparison (and spectra, if no real data) on the "
                                   "pairs of this CSV (preprocess_csv.py format)")
-    ap.add_argument("--speed", help="JSON/CSV of (sampler, steps, seconds_per_image, psnr_y)")
+    ap.add_argument("--speed", action="append", default=[], metavar="FILE",
+                    help="JSON/CSV of (sampler, steps, seconds_per_image, psnr_y); repeat it to "
+                         "overlay several (rows without a set are named by their file)")
     ap.add_argument("--pipeline", default=str(REPO / "training_pipeline.png"),
                     help="where to refresh the pipeline diagram ('' skips it)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -362,13 +365,18 @@ def main(argv=None):
     if args.speed:  # (d)
         from helpers.figures import speed_figure
         try:
-            rows = read_speed_rows(args.speed)
+            rows = []
+            for path in args.speed:
+                part = read_speed_rows(path)
+                if len(args.speed) > 1:
+                    part = [{"set": Path(path).stem, **r} for r in part]
+                rows += part
         except (OSError, ValueError) as e:
             print(f"error: speed figure skipped: {e}", flush=True)
             failed = True
         else:
-            speed_figure(rows, out / "speed.png",
-                         title=f"Quality against sampling cost ({Path(args.speed).name})")
+            names = ", ".join(Path(p).name for p in args.speed)
+            speed_figure(rows, out / "speed.png", title=f"Quality against sampling cost ({names})")
             written.append(out / "speed.png")
     else:
         note("no --speed file given: PSNR-vs-steps figure skipped")

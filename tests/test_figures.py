@@ -11,6 +11,7 @@ from PIL import Image
 
 import ddpm_conditional as D
 import diffusion
+import helpers.figures as HF
 import make_figures as MF
 import utils
 from helpers import draw_pipeline as DP
@@ -190,7 +191,7 @@ def test_damaged_checkpoint_is_reported(tmp_path, capsys):
 
 
 # ============================================================================ speed plot
-def test_speed_figure_from_json_and_csv(tmp_path, capsys):
+def test_speed_figure_from_json_and_csv(tmp_path, capsys, monkeypatch):
     rows = [{"sampler": s, "steps": n, "seconds_per_image": n * 0.5, "psnr_y": 27 + n / 50,
              "input_psnr_y": 26.4} for s in ("ddim", "ddpm") for n in (5, 10, 20, 50)]
     js = tmp_path / "speed.json"
@@ -206,6 +207,16 @@ def test_speed_figure_from_json_and_csv(tmp_path, capsys):
         assert MF.main(["--speed", str(src), "--out", str(out), "--pipeline", "",
                         "--data", str(tmp_path / "none")]) == 0
         assert _png_size(out / "speed.png")[0] > 800
+    other = tmp_path / "other.json"  # two files overlaid: each row named by its file
+    other.write_text(json.dumps(rows))
+    seen = []
+    orig = HF.speed_figure
+    monkeypatch.setattr(HF, "speed_figure",
+                        lambda rows, path, title: (seen.extend(rows), orig(rows, path, title)))
+    assert MF.main(["--speed", str(js), "--speed", str(other), "--out", str(tmp_path / "two"),
+                    "--pipeline", "", "--data", str(tmp_path / "none")]) == 0
+    assert len(seen) == 2 * len(rows) and {r["set"] for r in seen} == {"speed", "other"}
+    assert _png_size(tmp_path / "two" / "speed.png")[0] > 800
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"sampler": "ddim", "steps": 5}]))
     assert MF.main(["--speed", str(bad), "--out", str(tmp_path / "b"), "--pipeline", ""]) == 1
