@@ -207,7 +207,7 @@ def prepare_data(cfg, log=print):
                 write_pairs_csv(find_pairs(Path(info[split])), csv)
         cfg["csv"], cfg["val_csv"] = str(out / "train.csv"), str(out / "val.csv")
     elif preset in PRESET_SPLITS and not cfg["csv"]:
-        from preprocess_csv import find_pairs, write_pairs_csv
+        from preprocess_csv import background_number, find_pairs, write_pairs_csv
         names, n_train = PRESET_SPLITS[preset]
         out = REPO / "data" / "presets" / preset
         # One validation CSV per set as well when the preset mixes sets (val_Rain100L.csv, ...),
@@ -215,7 +215,6 @@ def prepare_data(cfg, log=print):
         wanted = [out / "train.csv", out / "val.csv"] + \
             ([out / f"val_{name}.csv" for name in names] if len(names) > 1 else [])
         if not all(f.exists() for f in wanted):
-            number = lambda p: int("".join(ch for ch in p.clean_id if ch.isdigit()))  # noqa: E731
             train, val = [], {}
             for name in names:
                 src = (REPO / cfg["data_root"] / name).resolve()
@@ -224,8 +223,8 @@ def prepare_data(cfg, log=print):
                                      f"shared data in place (set --data-root to the folder "
                                      f"holding {name}/)")
                 pairs = find_pairs(src)
-                train += [p for p in pairs if number(p) <= n_train]
-                val[name] = [p for p in pairs if number(p) > n_train]
+                train += [p for p in pairs if background_number(p.clean_id) <= n_train]
+                val[name] = [p for p in pairs if background_number(p.clean_id) > n_train]
             write_pairs_csv(train, out / "train.csv", absolute=True)
             write_pairs_csv([p for name in names for p in val[name]], out / "val.csv",
                             absolute=True)

@@ -389,6 +389,12 @@ def validate_pairs(pairs, workers=None, progress=True):
 
 
 # ---------------------------------------------------------------- split and CSV
+def background_number(clean_id):
+    """The number of a clean image from its id ("rain-007" -> 7, "7" -> 7), None without one."""
+    digits = re.findall(r"\d+", clean_id)
+    return int(digits[-1]) if digits else None
+
+
 def _background_key(pair):
     """The group a clean image belongs to when splitting: its number, shared across datasets.
 
@@ -397,8 +403,8 @@ def _background_key(pair):
     background on both sides of a split of a mixed CSV. Grouping every set's image N together is
     conservative for sets that do not share backgrounds and exact for those that do. Clean ids
     without a number are grouped by their file."""
-    digits = re.findall(r"\d+", pair.clean_id)
-    return ("n", int(digits[-1])) if digits else ("f", os.path.abspath(pair.clean))
+    number = background_number(pair.clean_id)
+    return ("n", number) if number is not None else ("f", os.path.abspath(pair.clean))
 
 
 def split_pairs(pairs, val_fraction, seed=0):
