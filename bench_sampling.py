@@ -13,9 +13,9 @@ import sys
 
 import torch
 
-from ddpm_conditional import CheckpointError, load_checkpoint, model_from_checkpoint
-from derain import evaluate_pairs
+from checkpoint import CheckpointError, load_derainer
 from helpers.images import write_text
+from sampling import derain_items, pairs_items, pick_device
 
 
 def main(argv=None):
@@ -31,24 +31,24 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
+    device = pick_device(a.device)
     try:
-        model, codec, diffusion, cfg = model_from_checkpoint(load_checkpoint(a.ckpt))
+        derainer, _ = load_derainer(a.ckpt, device=device)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model.to(device)
+    items = pairs_items(a.csv, limit=a.limit or None)
     rows = []
     for setting in a.settings.split(","):
         sampler, steps = setting.split(":")
-        run_cfg = {**cfg, "sampler": sampler, "sample_steps": int(steps), "eta": 0.0}
-        res = evaluate_pairs(model, codec, diffusion, run_cfg, a.csv, limit=a.limit or None,
-                             device=device, progress=False)
+        derainer.settings.update(sampler=sampler, sample_steps=int(steps), eta=0.0)
+        report = derain_items(derainer, items, score=True, progress=False,
+                              say=lambda m: print(m, file=sys.stderr))
+        s = report.summary
         row = {"sampler": sampler, "steps": int(steps), "seconds_per_image":
-               round(res["seconds_per_image"], 2), "psnr_y": round(res["psnr_y"], 3),
-               "ssim_y": round(res["ssim_y"], 4), "input_psnr_y": round(res["input_psnr_y"], 3),
-               "images": res["n"], "device": str(device), "threads": torch.get_num_threads()}
+               round(report.seconds_per_image, 2), "psnr_y": round(s["psnr_y"], 3),
+               "ssim_y": round(s["ssim_y"], 4), "input_psnr_y": round(s["baseline"]["psnr_y"], 3),
+               "images": s["n"], "device": str(device), "threads": torch.get_num_threads()}
         print(json.dumps(row), flush=True)
         rows.append(row)
     if a.out:

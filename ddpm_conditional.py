@@ -9,8 +9,11 @@
 
 Every default is in launch(); a preset, then a --config file (JSON or YAML), then --key value
 flags override it. The model learns to generate the normalised spectrum of clean - rain given the
-spectrum of the rainy image (see utils.Codec); at the end the held-out pairs are derained at full
-size (derain.py) and scored with PSNR-Y / SSIM-Y beside the rainy input.
+spectrum of the rainy image (the representation, representations/); at the end the held-out
+pairs are derained at full size (sampling.py) and scored with PSNR-Y / SSIM-Y beside the rainy
+input. The pieces: data (prepare_data, utils.get_data), the levers built from the config
+(build_parts: representation, diffusion, network, loss), one optimiser step (TrainStep), the
+learning-rate plan (LRPlan), the loop (Trainer), the final evaluation.
 """
 import argparse
 import contextlib
@@ -30,14 +33,15 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 
+import representations
+from checkpoint import CheckpointError, ckpt_paths, load_checkpoint, save_checkpoint
 from diffusion import Diffusion
 from helpers.seeding import hash_seed
-from modules import MODEL_PRESETS, UNet_conditional
-from utils import Codec, get_data
+from losses import make_loss
+from modules import build_network
+from utils import get_data
 
 REPO = Path(__file__).resolve().parent
-CKPT_KIND = "fourier-ddpm-derain"
-CKPT_VERSION = 1
 
 
 def launch():
@@ -50,8 +54,9 @@ def launch():
         csv="",                  # training pairs CSV (preprocess_csv.py); set by the preset
         val_csv="",              # held-out pairs CSV for validation and the final evaluation
         stats="",                # statistics JSON (get_fft_statistics_log.py); made if missing
-        domain="fft",            # fft: the Fourier model | pixel: the same UNet on pixels
-        representation="realimag",  # realimag | magphase: what the 6 spectrum channels hold
+        representation="realimag",  # realimag | magphase | pixels: what the model's channels
+                                 # hold (representations/; pixels: the same UNet on pixels)
+        signed_log=True,         # sign(x) log1p(|x|) on the spectrum (false: linear values)
         target="diff",           # diff: generate FFT(clean) - FFT(rain) | clean: FFT(clean)
         norm="perfreq_std",      # perfreq_std | perfreq | global_std | global: per frequency or
                                  # per channel; mean -+ 2 std (_std) or min/max -> [-1, 1]
@@ -60,11 +65,14 @@ def launch():
         # ---- model (a preset of modules.MODEL_PRESETS, plus overrides of its arguments)
         model="small",           # small | default | large
         model_args={},           # e.g. {"base_channels": 96}: overrides of the preset
-        freq_coords=True,        # frequency-coordinate input channels (fft domain only)
-        # ---- diffusion
+        freq_coords=True,        # the representation's constant inputs (frequency coordinates)
+        # ---- diffusion and loss
         timesteps=1000,          # training noise levels
         schedule="cosine",       # cosine | linear
         prediction="v",          # eps | x0 | v: what the network outputs
+        loss="model",            # model: MSE of the prediction | image: MSE of the decoded x0
+                                 # estimate in image space | mix (losses.py)
+        loss_mix=0.5,            # weight of the image part of loss=mix
         p_uncond=0.0,            # condition dropout in training (>0 enables guidance)
         # ---- optimisation
         batch_size=16,           # per process and micro-batch
@@ -83,15 +91,17 @@ def launch():
         seed=0,                  # everything random derives from it
         device="auto",           # auto | cpu | cuda | cuda:N
         threads=0,               # CPU threads for torch (0: leave torch's default)
-        # ---- sampling (validation, final evaluation; derain.py reads its own flags)
+        # ---- sampling (validation, final evaluation, and derain.py's defaults)
         sampler="ddim",          # ddim | ddpm
         sample_steps=2,          # network evaluations per sample: for PSNR the few-step estimate
                                  # (close to the posterior mean) wins; see README
         eta=0.0,                 # DDIM eta (0: deterministic)
         guidance=1.0,            # classifier-free guidance scale (1: none)
         clip_x0=5.0,             # bound the x0 estimate while sampling (0: off)
+        ensemble=1,              # samples averaged per window
+        sample_batch=32,         # windows per forward pass when deraining
         # ---- logging and checkpoints
-        run_dir="",              # outputs; default runs/<preset>-<domain>
+        run_dir="",              # outputs; default runs/<preset>-<fft|pixel>
         log_every=25,            # steps between log lines
         ckpt_every=500,          # steps between checkpoints
         keep_ckpts=3,            # checkpoints kept (oldest deleted)
@@ -115,6 +125,12 @@ PRESETS = {
 # share their backgrounds by number, so one split by number serves both.
 PRESET_SPLITS = {"rain100l": (("Rain100L",), 50), "rain100h": (("Rain100H",), 50),
                  "rain100": (("Rain100L", "Rain100H"), 50)}
+# Keys whose value must be one of a list (checked when the config is resolved).
+CHOICES = {"representation": representations.names(), "target": representations.TARGETS,
+           "norm": representations.NORMS, "schedule": ("cosine", "linear"),
+           "prediction": ("eps", "x0", "v"), "loss": ("model", "image", "mix"),
+           "sampler": ("ddim", "ddpm"), "amp": ("bf16", "fp16", "none")}
+EXIT_STOPPED, EXIT_NON_FINITE, EXIT_OUT_OF_SYNC = 3, 4, 5
 
 
 # ===================================================================== configuration
@@ -175,11 +191,15 @@ def resolve_config(argv=None):
             cfg[key] = _parse_value(text, launch()[key]) if isinstance(text, str) else text
         except ValueError as e:
             ap.error(f"--{key.replace('_', '-')}: {e}")
+    for key, allowed in CHOICES.items():
+        if cfg[key] not in allowed:
+            ap.error(f"--{key.replace('_', '-')} {cfg[key]!r}: choose one of {', '.join(allowed)}")
     if cfg["csv"] and preset == "synthetic" and "preset" not in given \
             and "preset" not in file_cfg:
         cfg["preset"] = "custom"
     if not cfg["run_dir"]:
-        cfg["run_dir"] = str(Path("runs") / f"{cfg['preset']}-{cfg['domain']}")
+        domain = representations.get_class(cfg["representation"]).domain
+        cfg["run_dir"] = str(Path("runs") / f"{cfg['preset']}-{domain}")
     return cfg, args.dry_run
 
 
@@ -190,6 +210,13 @@ def _rel(path):
         return str(Path(path).resolve().relative_to(REPO))
     except ValueError:
         return str(path)
+
+
+def stats_path(cfg):
+    """Where the statistics of cfg's training CSV and representation settings live."""
+    stem = Path(cfg["csv"]).with_suffix("")
+    linear = "" if cfg["signed_log"] else "_linear"
+    return f"{stem}_stats_{cfg['representation']}{linear}_{cfg['crop']}.json"
 
 
 def prepare_data(cfg, log=print):
@@ -235,14 +262,15 @@ def prepare_data(cfg, log=print):
     if not cfg["csv"]:
         raise SystemExit("error: no training CSV: give --csv PAIRS.csv (see preprocess_csv.py) "
                          "or a --preset")
-    if cfg["domain"] == "fft" and not cfg["stats"]:
-        stem = Path(cfg["csv"]).with_suffix("")
-        cfg["stats"] = f"{stem}_stats_{cfg['representation']}_{cfg['crop']}.json"
-    if cfg["domain"] == "fft" and not Path(cfg["stats"]).exists():
+    needs_stats = representations.get_class(cfg["representation"]).needs_statistics
+    if needs_stats and not cfg["stats"]:
+        cfg["stats"] = stats_path(cfg)
+    if needs_stats and not Path(cfg["stats"]).exists():
         from helpers.statistics import compute_statistics, save_statistics
         log(f"computing statistics of {cfg['csv']} -> {cfg['stats']}")
         stats, freq, errors = compute_statistics(cfg["csv"], cfg["representation"], cfg["crop"],
-                                                 True, workers=max(1, cfg["num_workers"]))
+                                                 cfg["signed_log"],
+                                                 workers=max(1, cfg["num_workers"]))
         for e in errors:
             log(f"skipped: {e}")
         save_statistics(stats, freq, cfg["stats"])
@@ -252,138 +280,88 @@ def prepare_data(cfg, log=print):
     return cfg
 
 
-# ===================================================================== model, checkpoints
-def build_model(cfg):
-    """The network for a resolved config; its arguments are stored in the checkpoint."""
-    if cfg["model"] not in MODEL_PRESETS:
-        raise ValueError(f"unknown model {cfg['model']!r}; choose {', '.join(MODEL_PRESETS)}")
-    channels = 6 if cfg["domain"] == "fft" else 3
-    args = {**MODEL_PRESETS[cfg["model"]], **cfg["model_args"], "in_channels": channels,
-            "cond_channels": channels, "out_channels": channels,
-            "freq_coords": bool(cfg["freq_coords"]) and cfg["domain"] == "fft"}
-    return UNet_conditional(**args)
+def make_representation(cfg):
+    """The representation of a resolved config, with its statistics when it needs them."""
+    cls = representations.get_class(cfg["representation"])
+    stats = None
+    if cls.needs_statistics:
+        from helpers.statistics import load_statistics
+        stats = load_statistics(cfg["stats"])
+    return cls(cfg["target"], cfg["norm"], cfg["crop"], cfg["signed_log"], stats)
 
 
-def ckpt_paths(run_dir):
-    return sorted(Path(run_dir).glob("ckpt_*.pt"))
+# ===================================================================== processes and devices
+class Distributed:
+    """This process's place in a torchrun job (or a single process): rank, world, device, and
+    the few collectives the loop needs."""
 
-
-class CheckpointError(ValueError):
-    pass
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint of this repository safely (weights_only); clear error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); it may be truncated or damaged: "
-                              "use an earlier checkpoint of the run") from e
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != CKPT_KIND:
-        raise CheckpointError(f"{path}: not a checkpoint of this repository (no kind "
-                              f"{CKPT_KIND!r}); train one with ddpm_conditional.py")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt, ema=True):
-    """(model in eval mode, codec, diffusion, config) from a loaded checkpoint."""
-    model = UNet_conditional(**ckpt["model_config"])
-    state = ckpt["model"]
-    if ema and ckpt.get("ema"):  # AveragedModel's state: "module."-prefixed, plus n_averaged
-        state = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-    model.load_state_dict(state)
-    model.eval()
-    cfg = ckpt["config"]
-    if cfg.get("channels_last", True):  # NHWC: ~1.3x faster sampling on CPU too, same numbers
-        model = model.to(memory_format=torch.channels_last)
-    return (model, Codec.from_state(ckpt["codec"]),
-            Diffusion(cfg["timesteps"], cfg["schedule"], cfg["prediction"]), cfg)
-
-
-def _atomic_save(obj, path):
-    tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _rng_state():
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                      *[int(v) if isinstance(v, (int, np.integer)) else float(v)
-                        for v in np_state[2:]]],
-            "python": _py_rng_to_list(random.getstate())}
-
-
-def _py_rng_to_list(state):
-    return [state[0], list(state[1]), state[2]]
-
-
-def _set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
-
-
-# ===================================================================== training
-class Trainer:
-    """One training run: model, EMA, optimiser, schedule, data stream, logs and checkpoints."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, device="auto"):
         self.ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.ddp and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() and
-                                    cfg["device"] != "cpu" else "gloo")
+            dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu"
+                                    else "gloo")
         self.rank = dist.get_rank() if self.ddp else 0
         self.world = dist.get_world_size() if self.ddp else 1
         self.master = self.rank == 0
-        self.device = self._device()
-        if cfg["threads"]:
-            torch.set_num_threads(cfg["threads"])
-        torch.manual_seed(cfg["seed"] + self.rank)
-        np.random.seed((cfg["seed"] + self.rank) % 2 ** 32)
-        random.seed(cfg["seed"] + self.rank)
-        self.run_dir = Path(cfg["run_dir"])
-        self.stop_file = self.run_dir / "STOP"
-        self._stop_signal = False
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and self.ddp:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+        self.device = torch.device(device)
 
-    def _device(self):
-        d = self.cfg["device"]
-        if d == "auto":
-            d = "cuda" if torch.cuda.is_available() else "cpu"
-        if d.startswith("cuda") and self.ddp:
-            d = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        if d.startswith("cuda"):
-            torch.cuda.set_device(torch.device(d))
-        return torch.device(d)
+    def any(self, flag):
+        """True on every rank if it is true on any (ranks must leave the loop together)."""
+        if not self.ddp:
+            return bool(flag)
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t)
+        return t.item() > 0
 
-    def log(self, msg):
-        if self.master:
-            print(msg, flush=True)
+    def all(self, flag):
+        if not self.ddp:
+            return bool(flag)
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.item() > 0
 
-    # ------------------------------------------------------------------ setup
-    def setup(self):
-        cfg = self.cfg
-        if self.master:
-            prepare_data(cfg, self.log)
-        if self.ddp:  # the other ranks wait for rank 0's data preparation, then read the paths
-            obj = [cfg]
-            dist.broadcast_object_list(obj, src=0)
-            cfg.update(obj[0])
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.codec = Codec(cfg["domain"], cfg["representation"], cfg["target"], cfg["norm"],
-                           cfg["crop"], self._stats(), True)
+    def from_master(self, value):
+        """Rank 0's float on every rank: decisions that depend on a clock are taken once."""
+        if not self.ddp:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return t.item()
+
+    def broadcast_object(self, obj):
+        if not self.ddp:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_object(self, obj):
+        if not self.ddp:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self):
+        if self.ddp and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ===================================================================== the levers, built
+class Parts:
+    """Everything a config builds: representation, diffusion, network (and its DDP/compiled
+    form for training), EMA, loss, optimiser and scaler."""
+
+    def __init__(self, cfg, env, representation=None):
+        self.rep = representation if representation is not None else make_representation(cfg)
         self.diffusion = Diffusion(cfg["timesteps"], cfg["schedule"], cfg["prediction"])
-        model = build_model(cfg).to(self.device)
+        model = build_network(cfg, self.rep).to(env.device)
         if cfg["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -395,295 +373,164 @@ class Trainer:
 
         self.ema = AveragedModel(model, avg_fn=ema_fn, use_buffers=True)
         self.net = model
-        if self.ddp:
+        if env.ddp:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
         if cfg["compile"]:
             self.net = torch.compile(self.net)
+        self.loss = make_loss(cfg, self.diffusion, self.rep)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"],
                                      weight_decay=cfg["weight_decay"], betas=(0.9, 0.99))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["amp"])
-        use_amp = self.device.type == "cuda" and self.amp_dtype is not None
-        self.amp_dtype = self.amp_dtype if use_amp else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg["amp"] == "fp16")
-        self.step = 0
-        self.bad_steps = 0
-        self._resume()
-        if self.master:
-            (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-        n_params = sum(p.numel() for p in model.parameters())
-        self.log(f"model {cfg['model']}: {n_params / 1e6:.2f}M parameters on {self.device}"
-                 f" x{self.world}; data {cfg['csv']} ({cfg['domain']}, {cfg['representation']}, "
-                 f"{cfg['target']}, crop {cfg['crop']})")
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["amp"])
+        self.amp_dtype = amp if env.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
 
-    def _stats(self):
-        if self.cfg["domain"] != "fft":
-            return None
-        from helpers.statistics import load_statistics
-        return load_statistics(self.cfg["stats"])
 
-    def _lr_lambda(self, step):
-        cfg = self.cfg
-        warm = max(1, cfg["warmup_steps"])
-        if step < warm:
-            return (step + 1) / warm
-        total = self._planned_steps()
-        if not total:
+class LRPlan:
+    """Linear warm-up, then cosine decay to lr_min_ratio * lr at the end of the run.
+
+    The end is max_steps, or under a time budget (`minutes`) the end of the budget: then
+    progress is the fraction of the budget used (the larger of the two when both are set),
+    warm-up lasts warmup_steps or WARMUP_BUDGET of the budget, whichever ends first, and the
+    decay follows the clock, so a run ends with its learning rate decayed however fast the
+    machine turns out to be. The caller passes rank 0's clock to every rank."""
+
+    WARMUP_BUDGET = 0.05
+
+    def __init__(self, lr, warmup_steps, lr_min_ratio, max_steps=0, minutes=0.0):
+        self.lr, self.warmup_steps, self.lo = lr, max(1, int(warmup_steps)), lr_min_ratio
+        self.max_steps, self.budget_s = int(max_steps), 60.0 * float(minutes)
+
+    def progress(self, step, elapsed_s):
+        """Fraction of the run done, in [0, 1] (0 when the run has no end)."""
+        p = step / self.max_steps if self.max_steps else 0.0
+        if self.budget_s:
+            p = max(p, elapsed_s / self.budget_s)
+        return min(1.0, p)
+
+    def factor(self, step, elapsed_s=0.0):
+        if self.budget_s:
+            p = self.progress(step, elapsed_s)
+            warm_p = min(self.WARMUP_BUDGET, self._warm_fraction())
+            if step < self.warmup_steps and p < warm_p:
+                return max((step + 1) / self.warmup_steps, p / warm_p)
+            return self._decay((p - warm_p) / max(1e-9, 1 - warm_p))
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if not self.max_steps:
             return 1.0
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        lo = cfg["lr_min_ratio"]
-        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self._decay((step - self.warmup_steps) / max(1, self.max_steps -
+                                                             self.warmup_steps))
 
-    def _planned_steps(self):
-        """max_steps, or under a time budget an estimate from the measured step time, so the
-        cosine decay ends when the budget does."""
-        if self.cfg["max_steps"]:
-            return self.cfg["max_steps"]
-        return getattr(self, "_estimated_total", 0)
+    def _warm_fraction(self):
+        return self.warmup_steps / self.max_steps if self.max_steps else 1.0
 
-    def _resume(self):
-        r = self.cfg["resume"]
-        if not r:
-            return
-        if r in ("auto", "latest"):
-            found = ckpt_paths(self.run_dir)
-            if not found:
-                self.log(f"no checkpoint in {self.run_dir}: starting from scratch")
-                return
-            r = found[-1]
-        ckpt = load_checkpoint(r, map_location=self.device)
-        if ckpt["model_config"] != self.model.config:
-            raise CheckpointError(f"{r}: its model ({ckpt['model_config']}) differs from the "
-                                  "config's; resume with the run's own config.json")
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.load_state_dict(ckpt["ema"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.step = ckpt["step"]
-        self._estimated_total = ckpt.get("planned_steps", 0)
-        self._elapsed_before = ckpt.get("elapsed", 0.0)
-        if ckpt.get("rng") and self.world == ckpt.get("world", 1):
-            _set_rng_state(ckpt["rng"][min(self.rank, len(ckpt["rng"]) - 1)]
-                           if isinstance(ckpt["rng"], list) else ckpt["rng"])
-        self.log(f"resumed from {r} at step {self.step}")
+    def _decay(self, progress):
+        progress = min(1.0, max(0.0, progress))
+        return self.lo + (1 - self.lo) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def save(self):
-        """Write a checkpoint atomically (rank 0) and delete the oldest beyond keep_ckpts."""
-        rngs = [_rng_state()]
-        if self.ddp:
-            gathered = [None] * self.world
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
-        if not self.master:
-            return
-        ckpt = {"kind": CKPT_KIND, "version": CKPT_VERSION, "step": self.step,
-                "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rngs, "world": self.world,
-                "config": copy.deepcopy(self.cfg), "model_config": self.model.config,
-                "codec": self.codec.state(), "planned_steps": self._planned_steps(),
-                "elapsed": self._elapsed()}
-        path = self.run_dir / f"ckpt_{self.step:08d}.pt"
-        _atomic_save(ckpt, path)
-        for old in ckpt_paths(self.run_dir)[:-max(1, self.cfg["keep_ckpts"])]:
-            old.unlink()
-        self.log(f"saved {path}")
+    def apply(self, opt, step, elapsed_s=0.0):
+        lr = self.lr * self.factor(step, elapsed_s)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        return lr
 
-    def _elapsed(self):
-        return getattr(self, "_elapsed_before", 0.0) + time.time() - self._t_start
 
-    # ------------------------------------------------------------------ the loop
-    def _should_stop(self):
-        """A signal (SIGUSR1/SIGTERM from Slurm) or a STOP file asks for a clean stop; all ranks
-        must agree, else DDP would hang on the next all-reduce."""
-        return self._any_rank(self._stop_signal or self.stop_file.exists())
+class TrainStep:
+    """One optimiser step of training: grad_accum micro-batches through the loss, gradient
+    clipping, AdamW, EMA. bench.py times exactly this."""
 
-    def _budget_over(self):
-        m = self.cfg["minutes"]
-        return self._any_rank(bool(m) and self._elapsed() >= 60 * m)
+    def __init__(self, cfg, parts, env):
+        self.parts, self.env = parts, env
+        self.grad_accum, self.grad_clip = int(cfg["grad_accum"]), float(cfg["grad_clip"])
+        self.channels_last = bool(cfg["channels_last"])
 
-    def _any_rank(self, flag):
-        """True on every rank if it is true on any (ranks must leave the loop together)."""
-        if not self.ddp:
-            return bool(flag)
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t)
-        return t.item() > 0
+    def _to_device(self, batch):
+        out = {}
+        for k, v in batch.items():
+            v = v.to(self.env.device, non_blocking=True)
+            if self.channels_last and v.dim() == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
 
-    def _step_generator(self):
-        # the noise of step s on rank r depends on (seed, s, r) alone, so a resumed run draws
-        # exactly what the uninterrupted one would have drawn
-        g = torch.Generator(device=self.device)
-        g.manual_seed(hash_seed(self.cfg["seed"], self.step, self.rank))
-        return g
-
-    def train(self):
-        cfg = self.cfg
-        self._t_start = time.time()
-        for s in (signal.SIGUSR1, signal.SIGTERM):
-            try:
-                signal.signal(s, self._on_signal)
-            except (ValueError, AttributeError):  # not the main thread / no such signal
-                pass
-        loader = get_data(cfg, train=True, codec=self.codec,
-                          start=self.step * cfg["grad_accum"], seed=cfg["seed"])
-        stream = iter(loader)
-        writer = self._tb()
-        jsonl = open(self.run_dir / "log.jsonl", "a", encoding="utf-8") if self.master else None
-        from tqdm import tqdm
-        total = cfg["max_steps"] or None
-        bar = tqdm(total=total, initial=self.step, disable=not self.master, unit="step",
-                   dynamic_ncols=True)
-        t_last, imgs_since = time.time(), 0
-        exit_code = 0
-        try:
-            while True:
-                if cfg["max_steps"] and self.step >= cfg["max_steps"]:
-                    break
-                if self._budget_over():
-                    self.log(f"time budget of {cfg['minutes']} min reached at step {self.step}")
-                    break
-                if self._should_stop():
-                    self.log(f"stop requested at step {self.step}: checkpointing; continue with "
-                             "--resume")
-                    exit_code = 3  # stopped early (pre-emption): no final evaluation
-                    break
-                loss, gnorm, n_imgs = self._train_step(stream)
-                if loss is None:
-                    self.bad_steps += 1
-                    self.log(f"step {self.step}: non-finite loss or gradient, step skipped "
-                             f"({self.bad_steps} in a row)")
-                    self._write_log(jsonl, writer, {"step": self.step, "skipped": True})
-                    if self.bad_steps >= cfg["max_bad_steps"]:
-                        self.log(f"error: {self.bad_steps} non-finite steps in a row; stopping. "
-                                 f"The last good checkpoint is kept in {self.run_dir}; lower "
-                                 "--lr or check the statistics.")
-                        return 4
-                    continue
-                self.bad_steps = 0
-                self.step += 1
-                imgs_since += n_imgs
-                bar.update(1)
-                if self.step == 20 and cfg["minutes"] and not cfg["max_steps"]:
-                    per_step = self._elapsed() / 20
-                    self._estimated_total = int(60 * cfg["minutes"] / per_step)
-                if self.step % cfg["log_every"] == 0 or self.step == 1:
-                    dt = time.time() - t_last
-                    rec = {"step": self.step, "loss": loss, "lr": self.sched.get_last_lr()[0],
-                           "grad_norm": gnorm, "img_per_s": imgs_since / max(dt, 1e-9),
-                           "elapsed_s": round(self._elapsed(), 1)}
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rec['img_per_s']:.1f}")
-                    self._write_log(jsonl, writer, rec)
-                    t_last, imgs_since = time.time(), 0
-                if cfg["ckpt_every"] and self.step % cfg["ckpt_every"] == 0:
-                    self.save()
-                if cfg["eval_every"] and self.step % cfg["eval_every"] == 0:
-                    self._validate(jsonl, writer)
-        finally:
-            bar.close()
-        self.save()
-        if self.ddp:
-            self._check_sync(jsonl)
-        if jsonl:
-            jsonl.close()
-        if writer:
-            writer.close()
-        return exit_code
-
-    def _on_signal(self, signum, frame):
-        self._stop_signal = True
-
-    def _train_step(self, stream):
-        """One optimiser step over grad_accum micro-batches. Returns (loss, grad norm, images),
-        or (None, ..) when the loss or gradient was not finite (the step is skipped)."""
-        cfg = self.cfg
-        self.net.train()
-        g = self._step_generator()
+    def __call__(self, stream, generator):
+        """Returns (loss, gradient norm, images), or (None, None, images) when the loss or the
+        gradient was not finite (the step is skipped on every rank)."""
+        p, env = self.parts, self.env
+        p.net.train()
         total, n_imgs = 0.0, 0
-        for micro in range(cfg["grad_accum"]):
-            target, cond = next(stream)
-            target = target.to(self.device, non_blocking=True)
-            cond = cond.to(self.device, non_blocking=True)
-            if cfg["channels_last"]:
-                target = target.contiguous(memory_format=torch.channels_last)
-                cond = cond.contiguous(memory_format=torch.channels_last)
-            t = torch.randint(0, self.diffusion.timesteps, (target.shape[0],), generator=g,
-                              device=self.device)
-            noise = torch.randn(target.shape, generator=g, device=self.device)
-            sync = micro == cfg["grad_accum"] - 1 or not self.ddp
-            ctx = self.net.no_sync() if (self.ddp and not sync) else contextlib.nullcontext()
-            with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype,
-                                     enabled=self.amp_dtype is not None):
-                loss = self.diffusion.p_losses(self.net, target, cond, t, noise,
-                                               cfg["p_uncond"], g) / cfg["grad_accum"]
-            self.scaler.scale(loss).backward()
+        for micro in range(self.grad_accum):
+            batch = self._to_device(next(stream))
+            sync = micro == self.grad_accum - 1 or not env.ddp
+            ctx = p.net.no_sync() if (env.ddp and not sync) else contextlib.nullcontext()
+            with ctx, torch.autocast(env.device.type, dtype=p.amp_dtype,
+                                     enabled=p.amp_dtype is not None):
+                loss = p.loss(p.net, batch, generator).mean() / self.grad_accum
+            p.scaler.scale(loss).backward()
             total += loss.item()
-            n_imgs += target.shape[0] * self.world
-        self.scaler.unscale_(self.opt)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
-        finite = math.isfinite(total) and torch.isfinite(gnorm).item()
-        if self.ddp:  # every rank must agree to skip, else weights diverge
-            t = torch.tensor([float(finite)], device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-            finite = t.item() > 0
-        if not finite:
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.update()
+            n_imgs += batch["target"].shape[0] * env.world
+        p.scaler.unscale_(p.opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(p.model.parameters(), self.grad_clip)
+        finite = env.all(math.isfinite(total) and torch.isfinite(gnorm).item())
+        if not finite:  # every rank agrees to skip, else the weights would diverge
+            p.opt.zero_grad(set_to_none=True)
+            p.scaler.update()
             return None, None, n_imgs
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
-        self.ema.update_parameters(self.model)
+        p.scaler.step(p.opt)
+        p.scaler.update()
+        p.opt.zero_grad(set_to_none=True)
+        p.ema.update_parameters(p.model)
         return total, gnorm.item(), n_imgs
 
-    def _tb(self):
-        if not self.master:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.log("tensorboard not installed: logging to log.jsonl only")
-            return None
-        return SummaryWriter(str(self.run_dir / "tb"))
 
-    def _write_log(self, jsonl, writer, rec):
-        if not self.master:
+# ===================================================================== logs and RNG state
+class RunLog:
+    """log.jsonl and TensorBoard scalars, written by rank 0 only."""
+
+    def __init__(self, run_dir, enabled, say):
+        self.jsonl = open(Path(run_dir) / "log.jsonl", "a", encoding="utf-8") if enabled else None
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(Path(run_dir) / "tb"))
+            except ImportError:
+                say("tensorboard not installed: logging to log.jsonl only")
+
+    def write(self, rec):
+        if self.jsonl is None:
             return
-        jsonl.write(json.dumps(rec) + "\n")
-        jsonl.flush()
-        if writer:
+        self.jsonl.write(json.dumps(rec) + "\n")
+        self.jsonl.flush()
+        if self.writer:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    writer.add_scalar(k, v, rec["step"])
+                    self.writer.add_scalar(k, v, rec["step"])
 
-    def _validate(self, jsonl, writer):
-        """Derain a few held-out pairs with the EMA model: PSNR-Y in the log and a figure."""
-        if not self.master or not self.cfg["val_csv"]:
-            return
-        from derain import evaluate_pairs
-        res = evaluate_pairs(self.ema.module, self.codec, self.diffusion, self.cfg,
-                             self.cfg["val_csv"], limit=self.cfg["eval_images"],
-                             figure=self.run_dir / f"val_{self.step:08d}.png",
-                             device=self.device, progress=False)
-        rec = {"step": self.step, "val_psnr_y": res["psnr_y"], "val_ssim_y": res["ssim_y"],
-               "val_input_psnr_y": res["input_psnr_y"]}
-        self._write_log(jsonl, writer, rec)
-        self.log(f"step {self.step}: validation PSNR-Y {res['psnr_y']:.2f} dB "
-                 f"(rainy input {res['input_psnr_y']:.2f} dB) on {res['n']} pairs")
+    def close(self):
+        for f in (self.jsonl, self.writer):
+            if f is not None:
+                f.close()
 
-    def _check_sync(self, jsonl):
-        """All ranks must hold the same weights after training; log the check."""
-        h = weights_digest(self.model)
-        hashes = [None] * self.world
-        dist.all_gather_object(hashes, h)
-        same = len(set(hashes)) == 1
-        if self.master:
-            jsonl.write(json.dumps({"step": self.step, "ranks_in_sync": same,
-                                    "weights_digest": hashes}) + "\n")
-        self.log(f"ranks hold identical weights: {same}")
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                      *[int(v) if isinstance(v, (int, np.integer)) else float(v)
+                        for v in np_state[2:]]],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
 
 
 def weights_digest(model):
@@ -694,28 +541,261 @@ def weights_digest(model):
     return h.hexdigest()
 
 
-def final_evaluation(trainer):
+def find_resume(cfg, run_dir):
+    """The checkpoint path cfg['resume'] names (None: start from scratch)."""
+    r = cfg["resume"]
+    if r in ("auto", "latest"):
+        found = ckpt_paths(run_dir)
+        return found[-1] if found else None
+    return Path(r) if r else None
+
+
+# ===================================================================== the loop
+class Trainer:
+    """The training loop: steps, stops, logs, checkpoints and validations. It sees the levers
+    only through Parts (the network, the loss, the optimiser) and the validate callable."""
+
+    def __init__(self, cfg, env, parts, validate=None, log=print):
+        self.cfg, self.env, self.parts, self.validate_fn = cfg, env, parts, validate
+        self.say = log if env.master else (lambda msg: None)
+        self.run_dir = Path(cfg["run_dir"])
+        self.stop_file = self.run_dir / "STOP"
+        self.step_fn = TrainStep(cfg, parts, env)
+        self.plan = LRPlan(cfg["lr"], cfg["warmup_steps"], cfg["lr_min_ratio"],
+                           cfg["max_steps"], cfg["minutes"])
+        self.step, self.bad_steps, self.elapsed_before = 0, 0, 0.0
+        self.stop_signal = False
+        self.t_start = time.time()
+        path = find_resume(cfg, self.run_dir)
+        if cfg["resume"] and path is None:
+            self.say(f"no checkpoint in {self.run_dir}: starting from scratch")
+        if path is not None:
+            self._restore(load_checkpoint(path, map_location=env.device), path)
+        self.log = RunLog(self.run_dir, env.master, self.say)
+
+    def _restore(self, ckpt, path):
+        p = self.parts
+        if ckpt["model_config"] != p.model.config or \
+                ckpt["config"]["representation"] != self.cfg["representation"]:
+            raise CheckpointError(f"{path}: its model ({ckpt['model_config']}, "
+                                  f"{ckpt['config']['representation']}) differs from the "
+                                  "config's; resume with the run's own config.json")
+        p.model.load_state_dict(ckpt["model"])
+        p.ema.load_state_dict(ckpt["ema"])
+        p.opt.load_state_dict(ckpt["optimizer"])
+        p.scaler.load_state_dict(ckpt["scaler"])
+        self.step = ckpt["step"]
+        self.elapsed_before = ckpt.get("elapsed", 0.0)
+        if ckpt.get("rng") and self.env.world == ckpt.get("world", 1):
+            set_rng_state(ckpt["rng"][min(self.env.rank, len(ckpt["rng"]) - 1)])
+        self.say(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------ state
+    def elapsed(self):
+        """Training seconds of this run, rank 0's clock on every rank."""
+        return self.env.from_master(self.elapsed_before + time.time() - self.t_start)
+
+    def save(self):
+        """Write a checkpoint (rank 0), after checking that every rank holds the same weights."""
+        self.check_sync()
+        rngs = self.env.gather_object(rng_state())
+        elapsed = self.elapsed()
+        if not self.env.master:
+            return
+        p = self.parts
+        state = {"step": self.step, "model": p.model.state_dict(), "ema": p.ema.state_dict(),
+                 "optimizer": p.opt.state_dict(), "scaler": p.scaler.state_dict(),
+                 "rng": rngs, "world": self.env.world, "config": copy.deepcopy(self.cfg),
+                 "model_config": p.model.config, "representation": p.rep.state(),
+                 "elapsed": elapsed}
+        path = self.run_dir / f"ckpt_{self.step:08d}.pt"
+        save_checkpoint(state, path)
+        for old in ckpt_paths(self.run_dir)[:-max(1, self.cfg["keep_ckpts"])]:
+            old.unlink()
+        self.say(f"saved {path}")
+
+    def check_sync(self):
+        """All ranks must hold the same weights; if not, stop with an error (exit 5)."""
+        if not self.env.ddp:
+            return
+        digests = self.env.gather_object(weights_digest(self.parts.model))
+        same = len(set(digests)) == 1
+        self.log.write({"step": self.step, "ranks_in_sync": same, "weights_digest": digests})
+        if not same:
+            raise RanksOutOfSync(f"step {self.step}: the ranks hold different weights "
+                                 f"({len(set(digests))} digests); the run is stopped. Report it "
+                                 "with the run's log.jsonl")
+
+    def _generator(self):
+        # the noise of step s on rank r depends on (seed, s, r) alone, so a resumed run draws
+        # exactly what the uninterrupted one would have drawn
+        g = torch.Generator(device=self.env.device)
+        g.manual_seed(hash_seed(self.cfg["seed"], self.step, self.env.rank))
+        return g
+
+    def _on_signal(self, signum, frame):
+        self.stop_signal = True
+
+    # ------------------------------------------------------------------ the loop
+    def train(self):
+        cfg, env = self.cfg, self.env
+        for s in (signal.SIGUSR1, signal.SIGTERM):
+            try:
+                signal.signal(s, self._on_signal)
+            except (ValueError, AttributeError):  # not the main thread / no such signal
+                pass
+        self.t_start = time.time()
+        stream = iter(get_data(cfg, self.parts.rep, train=True,
+                               start=self.step * cfg["grad_accum"], seed=cfg["seed"]))
+        from tqdm import tqdm
+        bar = tqdm(total=cfg["max_steps"] or None, initial=self.step, disable=not env.master,
+                   unit="step", dynamic_ncols=True)
+        t_last, imgs_since, exit_code = time.time(), 0, 0
+        try:
+            while True:
+                if cfg["max_steps"] and self.step >= cfg["max_steps"]:
+                    break
+                elapsed = self.elapsed()
+                if cfg["minutes"] and elapsed >= 60 * cfg["minutes"]:
+                    self.say(f"time budget of {cfg['minutes']} min reached at step {self.step}")
+                    break
+                if env.any(self.stop_signal or self.stop_file.exists()):
+                    self.say(f"stop requested at step {self.step}: checkpointing; continue with "
+                             "--resume")
+                    exit_code = EXIT_STOPPED  # stopped early (pre-emption): no final evaluation
+                    break
+                lr = self.plan.apply(self.parts.opt, self.step, elapsed)
+                loss, gnorm, n_imgs = self.step_fn(stream, self._generator())
+                if loss is None:
+                    self.bad_steps += 1
+                    self.say(f"step {self.step}: non-finite loss or gradient, step skipped "
+                             f"({self.bad_steps} in a row)")
+                    self.log.write({"step": self.step, "skipped": True})
+                    if self.bad_steps >= cfg["max_bad_steps"]:
+                        self.say(f"error: {self.bad_steps} non-finite steps in a row; stopping. "
+                                 f"The last good checkpoint is kept in {self.run_dir}; lower "
+                                 "--lr or check the statistics.")
+                        return EXIT_NON_FINITE
+                    continue
+                self.bad_steps = 0
+                self.step += 1
+                imgs_since += n_imgs
+                bar.update(1)
+                if self.step % cfg["log_every"] == 0 or self.step == 1:
+                    dt = time.time() - t_last
+                    rec = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                           "img_per_s": imgs_since / max(dt, 1e-9),
+                           "elapsed_s": round(self.elapsed_before + time.time() - self.t_start,
+                                              1)}
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rec['img_per_s']:.1f}")
+                    self.log.write(rec)
+                    t_last, imgs_since = time.time(), 0
+                if cfg["ckpt_every"] and self.step % cfg["ckpt_every"] == 0:
+                    self.save()
+                if cfg["eval_every"] and self.step % cfg["eval_every"] == 0:
+                    self.validate()
+            self.save()
+        finally:
+            bar.close()
+            self.log.close()
+        return exit_code
+
+    def validate(self):
+        """Derain a few held-out pairs with the EMA model: PSNR-Y in the log and a figure."""
+        if not self.env.master or self.validate_fn is None:
+            return
+        rec = self.validate_fn(self.parts.ema.module, self.step)
+        self.log.write({"step": self.step, **rec})
+        self.say(f"step {self.step}: validation PSNR-Y {rec['val_psnr_y']:.2f} dB (rainy input "
+                 f"{rec['val_input_psnr_y']:.2f} dB) on {rec['val_pairs']} pairs")
+
+
+class RanksOutOfSync(RuntimeError):
+    pass
+
+
+# ===================================================================== evaluation
+def derainer_for(cfg, parts, model, env):
+    from sampling import Derainer, sample_settings
+    return Derainer(model, parts.rep, parts.diffusion, sample_settings(cfg), env.device,
+                    name=Path(cfg["run_dir"]).name)
+
+
+def make_validator(cfg, parts, env, run_dir):
+    """validate(model, step) -> log record: the first eval_images held-out pairs."""
+    from helpers.figures import comparison_figure
+    from sampling import derain_items, pairs_items
+    if not cfg["val_csv"]:
+        return None
+    items = pairs_items(cfg["val_csv"], limit=cfg["eval_images"])
+
+    def validate(model, step):
+        report = derain_items(derainer_for(cfg, parts, model, env), items, score=True,
+                              progress=False, keep=4)
+        if report.shown:
+            comparison_figure(report.shown, Path(run_dir) / f"val_{step:08d}.png", spectra=True)
+        s = report.summary
+        return {"val_psnr_y": s["psnr_y"], "val_ssim_y": s["ssim_y"],
+                "val_input_psnr_y": s["baseline"]["psnr_y"], "val_pairs": s["n"]}
+    return validate
+
+
+def final_evaluation(cfg, parts, env, model, step):
     """Derain every held-out pair at full size with the EMA model, print PSNR-Y/SSIM-Y of the
-    rainy input and of the result, and write the comparison figure and per-image CSV."""
-    cfg = trainer.cfg
-    from derain import evaluate_pairs
-    res = evaluate_pairs(trainer.ema.module, trainer.codec, trainer.diffusion, cfg,
-                         cfg["val_csv"], figure=trainer.run_dir / "final_comparison.png",
-                         out_dir=trainer.run_dir / "derained", device=trainer.device,
-                         progress=True)
-    summary = {"step": trainer.step, "pairs": res["n"], "input_psnr_y": res["input_psnr_y"],
-               "input_ssim_y": res["input_ssim_y"], "psnr_y": res["psnr_y"],
-               "ssim_y": res["ssim_y"], "sampler": cfg["sampler"],
-               "sample_steps": cfg["sample_steps"], "seconds_per_image": res["seconds_per_image"]}
-    (trainer.run_dir / "final_eval.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"\nheld-out pairs ({res['n']}, {cfg['val_csv']}), {cfg['sampler']} "
+    rainy input and of the result, and write the comparison figure and the derained images."""
+    from helpers.figures import comparison_figure
+    from helpers.metrics import write_scores_csv
+    from sampling import derain_items, pairs_items
+    run_dir = Path(cfg["run_dir"])
+    derainer = derainer_for(cfg, parts, model, env)
+    report = derain_items(derainer, pairs_items(cfg["val_csv"]), out_dir=run_dir / "derained",
+                          score=True, progress=True, keep=4,
+                          say=lambda m: print(m, file=sys.stderr))
+    if not report.rows:
+        print(f"error: none of the pairs of {cfg['val_csv']} could be derained", file=sys.stderr)
+        return None
+    if report.shown:
+        comparison_figure(report.shown, run_dir / "final_comparison.png", spectra=True)
+    write_scores_csv(report.rows, run_dir / "derained" / "scores.csv")
+    s = report.summary
+    summary = {"step": step, "pairs": s["n"], "input_psnr_y": s["baseline"]["psnr_y"],
+               "input_ssim_y": s["baseline"]["ssim_y"], "psnr_y": s["psnr_y"],
+               "ssim_y": s["ssim_y"], "sampler": cfg["sampler"],
+               "sample_steps": cfg["sample_steps"],
+               "seconds_per_image": report.seconds_per_image}
+    (run_dir / "final_eval.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"\nheld-out pairs ({s['n']}, {cfg['val_csv']}), {cfg['sampler']} "
           f"{cfg['sample_steps']} steps:")
-    print(f"  rainy input : PSNR-Y {res['input_psnr_y']:6.2f} dB   SSIM-Y {res['input_ssim_y']:.4f}")
-    print(f"  derained    : PSNR-Y {res['psnr_y']:6.2f} dB   SSIM-Y {res['ssim_y']:.4f}   "
-          f"({res['psnr_y'] - res['input_psnr_y']:+.2f} dB)")
-    print(f"  figure {trainer.run_dir / 'final_comparison.png'}, images "
-          f"{trainer.run_dir / 'derained'}")
+    print(f"  rainy input : PSNR-Y {summary['input_psnr_y']:6.2f} dB   "
+          f"SSIM-Y {summary['input_ssim_y']:.4f}")
+    print(f"  derained    : PSNR-Y {s['psnr_y']:6.2f} dB   SSIM-Y {s['ssim_y']:.4f}   "
+          f"({s['psnr_y'] - summary['input_psnr_y']:+.2f} dB)")
+    print(f"  figure {run_dir / 'final_comparison.png'}, images {run_dir / 'derained'}")
     return summary
+
+
+# ===================================================================== main
+def setup(cfg, env, log=print):
+    """Data, seeds, the levers and the loop for a resolved config -> Trainer."""
+    if env.master:
+        prepare_data(cfg, log)
+    cfg.update(env.broadcast_object(cfg))  # the other ranks read rank 0's data paths
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"] + env.rank)
+    np.random.seed((cfg["seed"] + env.rank) % 2 ** 32)
+    random.seed(cfg["seed"] + env.rank)
+    run_dir = Path(cfg["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    parts = Parts(cfg, env)
+    trainer = Trainer(cfg, env, parts, make_validator(cfg, parts, env, run_dir), log)
+    if env.master:
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+    n_params = sum(p.numel() for p in parts.model.parameters())
+    trainer.say(f"model {cfg['model']}: {n_params / 1e6:.2f}M parameters on {env.device}"
+                f" x{env.world}; data {cfg['csv']} ({cfg['representation']}, {cfg['target']}, "
+                f"loss {cfg['loss']}, crop {cfg['crop']})")
+    return trainer
 
 
 def main(argv=None):
@@ -723,18 +803,25 @@ def main(argv=None):
     if dry_run:
         print(json.dumps(cfg, indent=1))
         return 0
-    trainer = Trainer(cfg)
+    env = Distributed(cfg["device"])
     try:
-        trainer.setup()
-    except (ValueError, OSError) as e:  # bad statistics, checkpoint, CSV: say which and why
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    code = trainer.train()
-    if code == 0 and trainer.master and cfg["final_eval"] and cfg["val_csv"]:
-        final_evaluation(trainer)
-    if trainer.ddp:
-        dist.destroy_process_group()
-    return code
+        try:
+            trainer = setup(cfg, env)
+        except (ValueError, OSError) as e:  # bad statistics, checkpoint, CSV: say which and why
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        try:
+            code = trainer.train()
+        except RanksOutOfSync as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_OUT_OF_SYNC
+        if code == 0 and env.master and cfg["final_eval"] and cfg["val_csv"]:
+            if final_evaluation(cfg, trainer.parts, env, trainer.parts.ema.module,
+                                trainer.step) is None:
+                code = 1
+        return code
+    finally:
+        env.close()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""The diffusion process: schedules, q_sample, the training loss, and the DDPM and DDIM samplers.
+"""The diffusion process: schedules, q_sample, parameterisations, and the DDPM and DDIM samplers.
 
-Nothing here knows about data, files or the training loop. A sampler is a plain function of
-(model, condition, steps, generator) returning the generated target, in the model's normalised
-space; the codec in utils.py turns it into an image.
+Nothing here knows about data, files or the training loop (the losses are in losses.py). A
+sampler is a plain function of (model, condition, steps, generator) returning the generated
+target, in the model's normalised space; the representation turns it into an image.
 
     model(x_t, t, cond) -> the prediction named by `prediction`:
         "eps": the noise,  "x0": the clean target,  "v": sqrt(abar) eps - sqrt(1 - abar) x0
@@ -10,7 +10,6 @@ space; the codec in utils.py turns it into an image.
 import math
 
 import torch
-import torch.nn.functional as F
 
 PREDICTIONS = ("eps", "x0", "v")
 SCHEDULES = ("cosine", "linear")
@@ -60,16 +59,6 @@ class Diffusion:
             return x0
         a = self._abar(t, x0)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
-
-    def p_losses(self, model, x0, cond, t, noise, p_uncond=0.0, generator=None):
-        """Mean squared error of the prediction. With p_uncond > 0 the condition of that fraction
-        of the batch is replaced by zeros, which teaches the unconditional model that
-        classifier-free guidance needs."""
-        if p_uncond > 0:
-            keep = torch.rand(x0.shape[0], generator=generator, device=x0.device) >= p_uncond
-            cond = cond * keep.view(-1, 1, 1, 1).to(cond.dtype)
-        pred = model(self.q_sample(x0, t, noise), t, cond)
-        return F.mse_loss(pred.float(), self.target_for(x0, t, noise).float())
 
     def split(self, out, x_t, t):
         """Network output at x_t -> (x0 estimate, eps estimate)."""

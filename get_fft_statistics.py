@@ -5,7 +5,8 @@ get_fft_statistics_log.py). Same options and output layout:
 """
 import sys
 
+from ddpm_conditional import launch
 from helpers.statistics import statistics_main
 
 if __name__ == "__main__":
-    sys.exit(statistics_main(sys.argv[1:], log=False))
+    sys.exit(statistics_main(sys.argv[1:], log=False, defaults=launch()))

@@ -99,46 +99,15 @@ def make_training_curves(runs, out):
 
 
 # ============================================================================ (b, c) deraining
-class Derainer:
-    """A checkpoint's model, codec and diffusion, deraining uint8 images with derain_array."""
-
-    def __init__(self, ckpt_path, steps=20, device="auto", batch_size=32, seed=0):
-        import torch
-
-        from ddpm_conditional import load_checkpoint, model_from_checkpoint
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.model, self.codec, self.diffusion, self.cfg = model_from_checkpoint(
-            load_checkpoint(ckpt_path))
-        self.model.to(self.device)
-        self.steps, self.batch_size, self.seed = int(steps), int(batch_size), seed
-        self.name = Path(ckpt_path).name
-
-    def describe(self):
-        c = self.cfg
-        return (f"{self.name}: {c.get('domain', 'fft')}/{c.get('representation')}, "
-                f"{c.get('sampler', 'ddim')} {self.steps} steps")
-
-    def __call__(self, rain_u8, label=""):
-        import torch
-
-        from derain import count_windows, derain_array
-        from helpers.images import to_uint8
-        c = self.cfg
-        t0 = time.time()
-        g = torch.Generator(device=self.device).manual_seed(self.seed)
-        with torch.no_grad():
-            pred = derain_array(self.model, self.codec, self.diffusion,
-                                rain_u8.transpose(2, 0, 1) / 255.0, c.get("sampler", "ddim"),
-                                self.steps, c.get("eta", 0.0), c.get("guidance", 1.0),
-                                c.get("clip_x0", 3.0), batch_size=self.batch_size, generator=g,
-                                device=self.device)
-        h, w = rain_u8.shape[:2]
-        n = count_windows(h, w, self.codec.crop)
-        print(f"  derained {label} ({w}x{h}, {n} windows) in {time.time() - t0:.1f} s",
-              flush=True)
-        return to_uint8(np.clip(pred, 0, 1))
+def derain_one(derainer, rain_u8, label="", seed=0):
+    """One image through the shared sampling path, with a line saying how long it took."""
+    from sampling import count_windows
+    t0 = time.time()
+    ours = derainer(rain_u8, seed)
+    h, w = rain_u8.shape[:2]
+    n = count_windows(h, w, derainer.rep.crop)
+    print(f"  derained {label} ({w}x{h}, {n} windows) in {time.time() - t0:.1f} s", flush=True)
+    return ours
 
 
 def parse_numbers(text):
@@ -154,42 +123,34 @@ def parse_numbers(text):
     return out
 
 
-def _number(name):
-    digits = "".join(ch for ch in Path(name).stem if ch.isdigit())
-    return int(digits) if digits else None
-
-
 def numbered_pairs(folder, numbers):
     """(clean, rain) paths of a paired set (input/ + target/ under identical names) whose number
     is in `numbers`, in the order of `numbers`."""
     from helpers.images import is_image_file
+    from preprocess_csv import background_number
     folder = Path(folder)
     by_number = {}
     for f in sorted((folder / "input").iterdir()):
         if is_image_file(f) and (folder / "target" / f.name).is_file():
-            by_number.setdefault(_number(f.name), (folder / "target" / f.name, f))
+            by_number.setdefault(background_number(f.stem), (folder / "target" / f.name, f))
     return [by_number[n] for n in numbers if n in by_number]
 
 
-def derain_pairs(derainer, pairs, limit):
-    """[(name, rain, ours, clean, psnr_rain, psnr_ours)] for the first `limit` readable pairs."""
-    from helpers.images import ImageError, read_rgb
-    from helpers.metrics import psnr_y
-    done = []
-    for clean_path, rain_path in pairs:
-        if len(done) >= limit:
-            break
-        try:
-            clean, rain = read_rgb(clean_path), read_rgb(rain_path)
-        except ImageError as e:
-            note(f"skipped a pair: {e}")
-            continue
-        if clean.shape != rain.shape:
-            note(f"skipped {rain_path}: size differs from its clean image")
-            continue
-        ours = derainer(rain, Path(rain_path).name)
-        done.append((Path(rain_path).name, rain, ours, clean, psnr_y(rain, clean),
-                     psnr_y(ours, clean)))
+def derain_pairs(derainer, pairs, limit, seed=0):
+    """[(name, rain, ours, clean, psnr_rain, psnr_ours)] for the first `limit` pairs, derained
+    and scored by the shared path (sampling.derain_items); an unreadable pair is skipped."""
+    from sampling import Item, assign_names, count_windows, derain_items
+    items = assign_names([Item(rain, clean) for clean, rain in pairs[:limit]])
+    report = derain_items(derainer, items, score=True, seed=seed, progress=False, keep=limit,
+                          say=note)
+    done = [(Path(row["input"]).name, rain, ours, clean, row["input_psnr_y"], row["psnr_y"])
+            for row, (rain, ours, clean) in zip(report.rows, report.shown)]
+    for name, rain, *_ in done:
+        h, w = rain.shape[:2]
+        print(f"  derained {name} ({w}x{h}, {count_windows(h, w, derainer.rep.crop)} windows)",
+              flush=True)
+    if done:
+        print(f"  {report.seconds_per_image:.1f} s per image", flush=True)
     return done
 
 
@@ -230,8 +191,10 @@ def downscale(img_u8, max_side):
 def real_photos(folder, n):
     """n photos spread evenly over the folder's images (sorted by number)."""
     from helpers.images import is_image_file
+    from preprocess_csv import background_number
+    number = lambda f: background_number(f.stem)
     files = sorted((f for f in Path(folder).iterdir() if is_image_file(f)),
-                   key=lambda f: (_number(f.name) is None, _number(f.name) or 0, f.name))
+                   key=lambda f: (number(f) is None, number(f) or 0, f.name))
     if len(files) <= n:
         return files
     idx = np.linspace(0, len(files) - 1, n).round().astype(int)
@@ -255,7 +218,7 @@ def make_real_figure(derainer, folder, n, max_side, path):
         h0, w0 = img.shape[:2]
         img, shrunk = downscale(img, max_side)
         shrunk_any |= shrunk
-        ours = derainer(img, f.name)
+        ours = derain_one(derainer, img, f.name)
         h, w = img.shape[:2]
         size = f"{w0}x{h0} \u2192 {w}x{h}" if shrunk else f"{w}x{h}"
         examples.append({"images": (img, ours), "captions": (f"rain {f.name} ({size})", "ours"),
@@ -324,7 +287,8 @@ def build_parser():
                     help="the shared real data (default: ../shared/data beside the repository, "
                          "or $DERAIN_DATA)")
     ap.add_argument("--out", default="figures", help="output folder (default figures/)")
-    ap.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="sampling steps (default: the checkpoint's sample_steps)")
     ap.add_argument("--pairs", type=int, default=3, help="pairs per comparison figure (3)")
     ap.add_argument("--numbers", default="51-60",
                     help="held-out pair numbers of Rain100L/H to draw from (51-60)")
@@ -339,7 +303,8 @@ def build_parser():
     ap.add_argument("--pipeline", default=str(REPO / "training_pipeline.png"),
                     help="where to refresh the pipeline diagram ('' skips it)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument("--batch-size", type=int, default=32, help="windows per network call (32)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="windows per network call (default: the checkpoint's sample_batch)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--seed", type=int, default=0)
     return ap
@@ -388,11 +353,13 @@ def main(argv=None):
     else:  # (b), (c)
         import torch
 
-        from ddpm_conditional import CheckpointError
+        from checkpoint import CheckpointError, load_derainer
+        from sampling import pick_device
         if args.threads:
             torch.set_num_threads(args.threads)
         try:
-            derainer = Derainer(args.ckpt, args.steps, args.device, args.batch_size, args.seed)
+            derainer, _ = load_derainer(args.ckpt, device=pick_device(args.device),
+                                        sample_steps=args.steps, sample_batch=args.batch_size)
         except CheckpointError as e:
             print(f"error: {e}; checkpoint figures skipped", flush=True)
             failed = True
@@ -412,7 +379,7 @@ def main(argv=None):
                     note(f"{folder}: no pair numbered {args.numbers}: {fname} skipped")
                     continue
                 print(f"{set_name}: deraining {min(len(pairs), args.pairs)} pair(s)", flush=True)
-                done = derain_pairs(derainer, pairs, args.pairs)
+                done = derain_pairs(derainer, pairs, args.pairs, args.seed)
                 if not done:
                     continue
                 written.append(pairs_figure(done, out / fname, f"{set_name} (held-out "
@@ -437,7 +404,7 @@ def main(argv=None):
                 print(f"error: --csv {args.csv}: {e}", flush=True)
                 failed = True
                 pairs = []
-            done = derain_pairs(derainer, pairs, args.pairs) if pairs else []
+            done = derain_pairs(derainer, pairs, args.pairs, args.seed) if pairs else []
             if done:
                 name = Path(args.csv).name
                 written.append(pairs_figure(done, out / "comparison_pairs.png", name, derainer))

@@ -1,17 +1,18 @@
-"""Conditional U-Net used as the noise predictor of the Fourier-domain deraining diffusion model.
+"""The networks: the conditional U-Net and the wrapper through which the diffusion calls it.
 
-The network sees the noisy target spectrum ``x`` (B, 6, H, W), the rainy image's spectrum ``cond``
-(B, 6, H, W) and the diffusion time ``t`` (B,), and predicts a (B, 6, H, W) tensor (the noise, or
-whatever the training objective asks for). Spectra use the channel layout
-``[mag or real R,G,B | phase or imag R,G,B]`` and are fftshift-ed, i.e. zero frequency sits at the
-centre (row H // 2, column W // 2).
+The network sees the noisy target ``x`` (B, C, H, W) (a normalised spectrum, or pixels), the
+encoded rainy window ``cond`` (B, C, H, W) and the diffusion time ``t`` (B,), and predicts a
+(B, C, H, W) tensor (the noise, or whatever the training objective asks for). ``build_network``
+makes it for a config and a representation: the representation says how many channels there are
+and which constant inputs the network also gets (``Denoiser``).
 
 Design notes (why it looks the way it does):
 
 * A convolution is translation-equivariant, but in a spectrum a coefficient's position *is* its
   frequency: low frequencies (centre) and high frequencies (border) behave very differently. With
-  ``freq_coords=True`` three constant channels (fy, fx, radius) describing each pixel's centred
-  frequency are concatenated to the input, so every layer can condition on where it is.
+  ``freq_coords=True`` the representation's constant channels (for a spectrum: fy, fx, radius of
+  each coefficient's frequency) are concatenated to the input, so every layer can condition on
+  where it is.
 * Widths grow with depth (``base_channels * channel_mults[i]`` at level i, resolution H / 2**i).
   Parameters grow with width squared while FLOPs grow with width squared times pixels, so putting
   width at the low-resolution levels buys parameters (capacity) cheaply and keeping the
@@ -25,8 +26,8 @@ Design notes (why it looks the way it does):
 * The last convolution is zero-initialised, so the untrained model predicts 0 (a standard trick
   that makes early diffusion training stable).
 
-``self.config`` holds the constructor arguments as a plain, JSON-able dict; a checkpoint saves it
-next to the state_dict and ``UNet_conditional(**config)`` rebuilds the same architecture.
+``self.config`` holds the U-Net's constructor arguments as a plain, JSON-able dict; a checkpoint
+saves it next to the state_dict and ``build_network`` rebuilds the same architecture from it.
 """
 import math
 
@@ -34,9 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Architecture presets (only shape hyper-parameters: channel counts / freq_coords are task-specific
-# and passed separately, e.g. ``UNet_conditional(**MODEL_PRESETS["small"])`` for spectra or
-# ``UNet_conditional(3, 3, 3, freq_coords=False, **MODEL_PRESETS["small"])`` for pixels).
+# Architecture presets (only shape hyper-parameters: channel counts are task-specific and come
+# from the representation, see build_network).
 # All widths are multiples of 32 so GPU tensor cores / channels_last kernels stay efficient.
 MODEL_PRESETS = {
     # ~2.5M parameters: a ~10-minute CPU training run on 64x64 crops.
@@ -85,26 +85,6 @@ def timestep_embedding(t, dim, max_period=10000.0):
     if dim % 2:  # odd dim: pad one zero channel so the output really has `dim` channels
         emb = F.pad(emb, (0, 1))
     return emb  # (B, dim)
-
-
-def centred_freq_coords(h, w, device=None, dtype=torch.float32):
-    """Frequency-coordinate channels for an fftshift-ed spectrum of size (h, w) -> (3, h, w).
-
-    Channel 0: fy, channel 1: fx, both equal to ``torch.fft.fftshift(torch.fft.fftfreq(n)) * 2``
-    along their axis, i.e. in [-1, 1) with 0 exactly at the zero-frequency pixel (index n // 2);
-    channel 2: radius sqrt(fy^2 + fx^2) / sqrt(2) in [0, 1], the isotropic "how high a frequency"
-    signal that rain streaks and image content differ in most.
-    Written with arange rather than fftfreq so it stays a trivial op under torch.compile:
-    fftshift(fftfreq(n))[k] == (k - n // 2) / n. The size only ever meets tensors (no Python
-    float like ``2.0 / h``): with dynamic shapes such a float becomes a symbolic scalar that
-    some torch.compile versions fail to lower.
-    """
-    fy = (torch.arange(h, device=device, dtype=torch.float32) - h // 2) * 2 / h  # (h,)
-    fx = (torch.arange(w, device=device, dtype=torch.float32) - w // 2) * 2 / w  # (w,)
-    fy = fy[:, None].expand(h, w)  # (h, w)
-    fx = fx[None, :].expand(h, w)  # (h, w)
-    rad = torch.sqrt(fy * fy + fx * fx) * (1.0 / math.sqrt(2.0))  # (h, w)
-    return torch.stack([fy, fx, rad], dim=0).to(dtype)  # (3, h, w)
 
 
 class ResBlock(nn.Module):
@@ -213,7 +193,8 @@ class UNet_conditional(nn.Module):
 
     Args:
         in_channels: channels of the noisy input x (6 for spectra, 3 for the pixel baseline).
-        cond_channels: channels of the condition, concatenated to x at the input (0 = none).
+        cond_channels: channels of the condition, concatenated to x at the input (0 = none);
+            with a Denoiser, the representation's extra inputs are part of the condition.
         out_channels: channels predicted.
         base_channels: width of the full-resolution level.
         channel_mults: width multiplier per level; level i works at resolution H / 2**i, so there
@@ -225,15 +206,13 @@ class UNet_conditional(nn.Module):
             resolution) is refused: attention there costs (H*W)^2.
         attn_heads: heads of every attention block (the level width must be divisible by it).
         dropout: dropout inside ResBlocks.
-        freq_coords: append the (fy, fx, radius) frequency-coordinate channels of the *unpadded*
-            input (fftshift layout) to the input; use False for pixel-domain models.
         groups: maximum GroupNorm groups (the largest divisor of each width <= groups is used).
     """
 
     # Defaults = MODEL_PRESETS["default"], so UNet_conditional() is the middle-sized model.
     def __init__(self, in_channels=6, cond_channels=6, out_channels=6, base_channels=32,
                  channel_mults=(1, 2, 4, 8), num_res_blocks=(1, 2, 2, 2), attn_levels=(3,),
-                 attn_heads=8, dropout=0.0, freq_coords=True, groups=16):
+                 attn_heads=8, dropout=0.0, groups=16):
         super().__init__()
         channel_mults = tuple(int(m) for m in channel_mults)
         attn_levels = tuple(sorted({int(a) for a in attn_levels}))
@@ -260,10 +239,8 @@ class UNet_conditional(nn.Module):
                            out_channels=int(out_channels), base_channels=int(base_channels),
                            channel_mults=list(channel_mults), num_res_blocks=nrb_config,
                            attn_levels=list(attn_levels), attn_heads=int(attn_heads),
-                           dropout=float(dropout), freq_coords=bool(freq_coords),
-                           groups=int(groups))
+                           dropout=float(dropout), groups=int(groups))
         self.in_channels, self.cond_channels, self.out_channels = in_channels, cond_channels, out_channels
-        self.freq_coords = bool(freq_coords)
         self.n_down = n_levels - 1
         self.attn_levels = attn_levels
         widths = [base_channels * m for m in channel_mults]
@@ -274,7 +251,7 @@ class UNet_conditional(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(self.t_sin_dim, time_dim), nn.SiLU(),
                                       nn.Linear(time_dim, time_dim))
 
-        n_in = in_channels + cond_channels + (3 if self.freq_coords else 0)
+        n_in = in_channels + cond_channels
         self.conv_in = nn.Conv2d(n_in, widths[0], 3, padding=1)
 
         # Encoder: level i = blocks at width widths[i], then a downsample to widths[i + 1].
@@ -326,11 +303,7 @@ class UNet_conditional(nn.Module):
             if cond is None:
                 raise ValueError("this model was built with cond_channels > 0: pass cond")
             parts.append(cond.to(x.dtype))
-        if self.freq_coords:
-            # coordinates of the *unpadded* size: the padding below must not move the frequencies
-            coords = centred_freq_coords(h, w, device=x.device, dtype=x.dtype)  # (3, H, W)
-            parts.append(coords.unsqueeze(0).expand(b, -1, -1, -1))  # (B, 3, H, W)
-        h0 = torch.cat(parts, dim=1)  # (B, Cin + Ccond (+3), H, W)
+        h0 = torch.cat(parts, dim=1)  # (B, Cin + Ccond, H, W)
 
         # Pad to a multiple of 2**n_down so every downsample halves exactly and the skips line up.
         # Split between both sides so the zero-frequency pixel stays near the middle; zeros (not
@@ -367,3 +340,39 @@ class UNet_conditional(nn.Module):
 def count_parameters(model):
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class Denoiser(nn.Module):
+    """The network as the diffusion calls it: ``model(x_t, t, cond) -> prediction``.
+
+    Appends the representation's constant input channels of the *unpadded* size (for a spectrum
+    the frequency coordinates; the U-Net's padding must not move the frequencies) to the
+    condition and runs the trunk. It holds no parameters of its own."""
+
+    def __init__(self, trunk, representation=None):
+        super().__init__()
+        self.trunk = trunk
+        self.extra_inputs = representation.extra_inputs if representation is not None else None
+        self.config = trunk.config
+
+    def forward(self, x, t, cond):
+        if self.extra_inputs is not None:
+            extra = self.extra_inputs(*x.shape[-2:], device=x.device, dtype=x.dtype)
+            cond = torch.cat([cond.to(x.dtype), extra.expand(x.shape[0], -1, -1, -1)], dim=1)
+        return self.trunk(x, t, cond)
+
+
+def build_network(cfg, representation, trunk_config=None):
+    """The network for a resolved config and its representation. trunk_config: the U-Net
+    arguments a checkpoint stored (default: the preset cfg['model'] with cfg['model_args'])."""
+    if trunk_config is None:
+        if cfg["model"] not in MODEL_PRESETS:
+            raise ValueError(f"unknown model {cfg['model']!r}; choose "
+                             f"{', '.join(MODEL_PRESETS)}")
+        extra = representation.extra_channels if cfg["freq_coords"] else 0
+        c = representation.channels
+        trunk_config = {**MODEL_PRESETS[cfg["model"]], **cfg["model_args"], "in_channels": c,
+                        "cond_channels": c + extra, "out_channels": c}
+    trunk = UNet_conditional(**trunk_config)
+    uses_extra = trunk.cond_channels > representation.channels
+    return Denoiser(trunk, representation if uses_extra else None)

@@ -62,7 +62,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from helpers.images import ImageError, atomic_path, check_image, is_image_file
+from helpers.images import ImageError, atomic_path, check_image, is_image_file, natural_key
 
 COLUMNS = ("image_filepath", "image_rain_filepath", "clean_id", "rain_id", "dataset")
 
@@ -111,15 +111,6 @@ class Problem:
 
 
 # ---------------------------------------------------------------- ordering
-def natural_key(text):
-    """Sort key comparing digit runs as numbers: "2.png" < "10.png", "rain-9" < "rain-10"."""
-    text = str(text)
-    parts = tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok.lower())
-                  for tok in re.split(r"(\d+)", text) if tok)
-    # "rain-001" and "rain-1" compare equal above; the raw text keeps the order total.
-    return parts, text
-
-
 def _pair_key(p):
     return natural_key(p.dataset), natural_key(p.clean.as_posix()), natural_key(p.rain.as_posix())
 

@@ -2,11 +2,12 @@
 
     python -m helpers.draw_pipeline [--out training_pipeline.png]
 
-The diagram is built from the code, not typed in by hand: the choices in each box come from
-helpers.process (REPRESENTATIONS, TARGETS, FFT_NORM), utils (NORMS, STD_SPAN, COND_CLIP),
-diffusion.PREDICTIONS, derain.OVERLAP and the defaults of ddpm_conditional.launch() (marked with
-a filled dot), and the thumbnails are computed with the real transforms on a synthetic rainy crop
-of scikit-image's astronaut photo. Changing a default in launch() changes the figure.
+The diagram is built from the code, not typed in by hand: the choices in each box come from the
+representation registry (representations: names, TARGETS, NORMS, STD_SPAN, COND_CLIP),
+helpers.process.FFT_NORM, diffusion.PREDICTIONS, losses.LOSSES, sampling.OVERLAP and the defaults
+of ddpm_conditional.launch() (marked with a filled dot), and the thumbnails are computed with the
+real representation on a synthetic rainy crop of scikit-image's astronaut photo. Changing a
+default in launch() changes the figure.
 """
 import argparse
 import sys
@@ -20,8 +21,8 @@ if __package__ in (None, ""):  # allow `python helpers/draw_pipeline.py` as well
 from helpers import process as P  # noqa: E402
 from helpers.figures import plt, save_figure  # noqa: E402  (figures selects the Agg backend)
 
-DEFAULT_KEYS = ("domain", "representation", "norm", "target", "prediction", "crop", "sampler",
-                "sample_steps", "eta", "timesteps", "schedule", "model", "freq_coords",
+DEFAULT_KEYS = ("representation", "signed_log", "norm", "target", "prediction", "loss", "crop",
+                "sampler", "sample_steps", "eta", "timesteps", "schedule", "model", "freq_coords",
                 "clip_x0")
 ON, OFF = "\u25cf", "\u25cb"  # filled dot: the launch() default; open dot: the alternatives
 SAMPLERS = ("ddim", "ddpm")  # the names diffusion.sample dispatches on
@@ -45,11 +46,12 @@ def _choices(options, chosen, describe):
 
 
 def _rep_text(rep):
-    return {"realimag": "Re F, Im F", "magphase": "|F|, wrapped phase"}.get(rep, rep)
+    import representations
+    return representations.get_class(rep).summary
 
 
 def _norm_text(norm, span):
-    # the same reading of the name as utils.Codec._ranges
+    # the same reading of the name as representations.base.Representation._ranges
     where = "per frequency" if norm.startswith("perfreq") else "per channel"
     how = f"mean \u00b1 {span:g} std" if norm.endswith("_std") else "min/max"
     return f"{where}, {how}"
@@ -63,31 +65,33 @@ def pipeline_labels(defaults=None):
     """Every text of the diagram, as {name: str or list of lines}, from the code's constants and
     the launch() defaults (or `defaults`, a dict of the same keys)."""
     import diffusion
-    import utils
-    from derain import OVERLAP
+    import representations
+    from representations import base
+    from sampling import OVERLAP
     d = pipeline_defaults() if defaults is None else dict(defaults)
     rep, norm, target = d["representation"], d["norm"], d["target"]
     crop = d["crop"]
     lab = {"defaults": d}
     lab["title"] = ("Conditional diffusion deraining in the Fourier domain: training (top) and "
                     "sampling (bottom)")
-    lab["subtitle"] = (f"{ON} = default of ddpm_conditional.launch(): domain={d['domain']}, "
+    lab["subtitle"] = (f"{ON} = default of ddpm_conditional.launch(): "
                        f"representation={rep}, norm={norm}, target={target}, "
-                       f"prediction={d['prediction']}, crop={crop}, sampler={d['sampler']}, "
-                       f"sample_steps={d['sample_steps']}")
+                       f"prediction={d['prediction']}, loss={d['loss']}, crop={crop}, "
+                       f"sampler={d['sampler']}, sample_steps={d['sample_steps']}")
     lab["images"] = [f"random {crop}\u00d7{crop} crop + flip", "RGB in [0, 1]"]
     lab["fft"] = ["per RGB channel", f"fft2(norm='{P.FFT_NORM}')", "+ fftshift (DC at centre)"]
-    lab["channels"] = ["3 complex \u2192 6 real:"] + _choices(P.REPRESENTATIONS, rep, _rep_text)
-    slog = ["sign(x)\u00b7log(1 + |x|)"]
+    lab["channels"] = (["3 complex \u2192 6 real:"]
+                       + _choices(representations.names(statistics_only=True), rep, _rep_text))
+    slog = ["sign(x)\u00b7log(1 + |x|)" if d.get("signed_log", True) else "linear (no log)"]
     if rep == "magphase":
         slog.append("(phase: not logged)")
     lab["slog"] = slog
     lab["norm"] = (["\u2192 [\u22121, 1] from training statistics"]
-                   + _choices(utils.NORMS, norm, lambda n: _norm_text(n, utils.STD_SPAN)))
+                   + _choices(base.NORMS, norm, lambda n: _norm_text(n, base.STD_SPAN)))
     lab["target_condition"] = (
         ["target (generated) = spectrum of"]
-        + [f"   {ON if t == target else OFF} {t}: {_target_text(t)}" for t in P.TARGETS]
-        + ["condition = spectrum of rain", f"   (clipped to \u00b1{utils.COND_CLIP:g})"])
+        + [f"   {ON if t == target else OFF} {t}: {_target_text(t)}" for t in base.TARGETS]
+        + ["condition = spectrum of rain", f"   (clipped to \u00b1{base.COND_CLIP:g})"])
     lab["noisy"] = ["x_t = q_sample(target, t, \u03b5)",
                     f"{d['schedule']} schedule, T = {d['timesteps']}"]
     coords = "\u2295 (fy, fx, r) freq. coords" if d.get("freq_coords", True) else ""
@@ -95,7 +99,9 @@ def pipeline_labels(defaults=None):
                    "in: x_t \u2295 condition " + coords, "+ timestep t embedding",
                    "predicts " + "  ".join(f"{ON if p == d['prediction'] else OFF} {p}"
                                            for p in diffusion.PREDICTIONS)]
-    lab["loss"] = f"training: MSE to the {d['prediction']}-target"
+    lab["loss"] = (f"training: MSE to the {d['prediction']}-target" if d["loss"] == "model" else
+                   "training: image-space MSE of the decoded x0" if d["loss"] == "image" else
+                   f"training: MSE to the {d['prediction']}-target + image-space MSE")
     lab["sampler"] = ["  ".join(f"{ON if s == d['sampler'] else OFF} {s.upper()}"
                                 for s in SAMPLERS),
                       f"{d['sample_steps']} steps, eta {d['eta']:g}",
@@ -125,8 +131,9 @@ def example_arrays(crop, representation, target, seed=3):
     with helpers.synth_rain.add_rain) and the spectra of its central crop x crop window."""
     from skimage import data
 
-    from derain import tile_starts, window_weight
+    import representations
     from helpers.synth_rain import add_rain
+    from sampling import window_starts, window_weight
     photo = data.astronaut()  # (512, 512, 3) uint8
     rainy = add_rain(photo, np.random.default_rng(seed), density=0.004, length=34, angle=12,
                      width=2.2, brightness=0.95, haze=0.0, layers=1)
@@ -139,11 +146,12 @@ def example_arrays(crop, representation, target, seed=3):
     c = (size - crop) // 2
     win = lambda a: a[c:c + crop, c:c + crop].transpose(2, 0, 1).astype(np.float64) / 255.0
     clean, rain = win(clean_u8), win(rain_u8)
-    mag = lambda im: P.image_to_spectrum(im, "magphase")[:3].mean(0)  # log(1 + |F|), RGB mean
-    rain_ch = P.image_to_spectrum(rain, representation)
-    tgt, cond = P.pair_to_spectra(clean, rain, representation, target)
-    back = P.spectra_to_clean(tgt, cond, representation, target)
-    starts = tile_starts(size, crop)
+    mag = lambda im: np.log1p(np.abs(P.fft_image(im))).mean(0)  # log(1 + |F|), RGB mean
+    rep = representations.make(representation, target, crop=crop)
+    parts = rep.parts(clean, rain)  # unnormalised: the thumbnails show the raw channels
+    rain_ch, cond, tgt = parts["rain"], parts["rain"], parts[target]
+    back = rep.from_target(tgt, rain)
+    starts = window_starts(size, crop)
     return {"clean": clean_u8, "rain": rain_u8, "window": (c, crop),
             "clean_mag": mag(clean), "rain_mag": mag(rain),
             "rain_a": rain_ch[0], "rain_b": rain_ch[3],  # red channel, both halves

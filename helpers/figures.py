@@ -8,12 +8,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from helpers.images import atomic_path  # noqa: E402
+from helpers.process import fft_image  # noqa: E402
+
+LUMA = np.array([0.299, 0.587, 0.114])
 
 
-def log_magnitude(img_u8):
-    """Centred log(1 + |FFT|) of the image's luminance, for display."""
-    y = img_u8.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
-    return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(y, norm="ortho"))))
+def log_magnitude(img):
+    """Centred log(1 + |FFT|) (orthonormal, as the model's) of an image's luminance, for display.
+    img: uint8 (H, W, 3) (scaled to [0, 1]), or a float (H, W, 3) or (H, W) in image units
+    ([0, 1] for images, [-1, 1] for differences of images)."""
+    img = np.asarray(img)
+    img = img / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
+    y = img @ LUMA if img.ndim == 3 else img
+    return np.log1p(np.abs(fft_image(y)))
 
 
 def save_figure(fig, path):
@@ -51,14 +58,6 @@ def comparison_figure(rows, path, spectra=True, titles=("rain", "derained", "cle
 
 # ============================================================================ figures for the README
 # (make_figures.py draws them; each takes plain arrays / records and writes one file atomically)
-def log_magnitude_float(img):
-    """Centred log(1 + |FFT|) of a float image (H, W, 3) or (H, W) in image units ([0, 1] for
-    images, [-1, 1] for differences of images); luminance weights as log_magnitude."""
-    img = np.asarray(img, dtype=np.float64)
-    y = img @ np.array([0.299, 0.587, 0.114]) if img.ndim == 3 else img
-    return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(y, norm="ortho"))))
-
-
 def _smooth(values, frac=0.02):
     """Exponential moving average with a span of about `frac` of the points."""
     values = np.asarray(values, dtype=np.float64)
@@ -125,7 +124,7 @@ def zoom_box(a_u8, b_u8, zoom=2, stride=4):
     the region a zoomed crop should show."""
     h_img, w_img = a_u8.shape[:2]
     h, w = max(1, h_img // zoom), max(1, w_img // zoom)
-    lum = np.array([0.299, 0.587, 0.114])
+    lum = LUMA
     diff = np.abs(a_u8.astype(np.float64) @ lum - b_u8.astype(np.float64) @ lum)
     integral = np.pad(diff.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     best, arg = -1.0, (0, 0)
@@ -174,11 +173,11 @@ def spectra_figure(rain_u8, clean_u8, pred_u8, path, title=None):
     ours - clean: luminance images (top) and their log-magnitude spectra (bottom); the three
     changes share one colour scale in each row, so their spectra compare directly."""
     f = lambda im: im.astype(np.float64) / 255.0
-    lum = np.array([0.299, 0.587, 0.114])
+    lum = LUMA
     diffs = [f(clean_u8) - f(rain_u8), f(pred_u8) - f(rain_u8), f(pred_u8) - f(clean_u8)]
     names = ["true change: clean \u2212 rain", "predicted: ours \u2212 rain",
              "error: ours \u2212 clean"]
-    specs = [log_magnitude_float(d) for d in diffs]
+    specs = [log_magnitude(d) for d in diffs]
     lim = float(np.percentile(np.abs(np.stack([d @ lum for d in diffs[:2]])), 99.5)) or 1.0
     svmax = float(max(np.percentile(s, 99.9) for s in specs))
     fig, axes = plt.subplots(2, 4, figsize=(15, 7.6 * rain_u8.shape[0] / rain_u8.shape[1] + 1.2),

@@ -6,6 +6,7 @@ the same folder and an atomic rename, so an interrupted run never leaves a half-
 """
 import contextlib
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -20,6 +21,15 @@ class ImageError(ValueError):
 
 def is_image_file(path):
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def natural_key(text):
+    """Sort key comparing digit runs as numbers: "2.png" < "10.png", "rain-9" < "rain-10"."""
+    text = str(text)
+    parts = tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok.lower())
+                  for tok in re.split(r"(\d+)", text) if tok)
+    # "rain-001" and "rain-1" compare equal above; the raw text keeps the order total.
+    return parts, text
 
 
 def check_image(path):
@@ -57,11 +67,6 @@ def read_rgb(path):
     corrupt, truncated, grayscale, RGBA or 16-bit file."""
     img = _open(path)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def to_float(img_u8):
-    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
-    return np.ascontiguousarray(img_u8.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
 def to_uint8(img):

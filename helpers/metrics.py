@@ -158,24 +158,32 @@ class FolderScores:
         return bool(self.errors)
 
 
-def _index_by_stem(folder, role, errors):
-    """{stem: file name} for the image files of `folder`; duplicate stems are errors."""
-    if not os.path.isdir(folder):
-        raise NotADirectoryError(f"{folder}: {role} folder not found")
+def index_by_stem(folder):
+    """The image files of `folder` by name stem -> ({stem: path}, {stem: [file names]} of the
+    stems that more than one file has; those are left out of the first dict)."""
     found, dupes = {}, {}
     for name in sorted(os.listdir(folder)):
         if name.startswith(".") or not is_image_file(name):
             continue
         stem = os.path.splitext(name)[0]
-        if stem in found:
-            dupes.setdefault(stem, [found[stem]]).append(name)
+        if stem in dupes:
+            dupes[stem].append(name)
+        elif stem in found:
+            dupes[stem] = [os.path.basename(found.pop(stem)), name]
         else:
-            found[stem] = name
+            found[stem] = os.path.join(folder, name)
+    return found, dupes
+
+
+def _index_by_stem(folder, role, errors):
+    """{stem: file name} for the image files of `folder`; duplicate stems are errors."""
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"{folder}: {role} folder not found")
+    found, dupes = index_by_stem(folder)
     for stem, names in dupes.items():
-        del found[stem]
         errors.append(f"{os.path.join(folder, names[0])}: ambiguous {role} files with the same "
                       f"name stem {stem!r}: {', '.join(names)}; keep only one")
-    return found
+    return {stem: os.path.basename(path) for stem, path in found.items()}
 
 
 def _pair_files(pred_dir, target_dir, input_dir):
@@ -268,11 +276,18 @@ def score_folders(pred_dir, target_dir, input_dir=None, workers=None):
         else:
             errors.append(err)
     rows.sort(key=lambda r: r["name"])
-    summary = {"n": len(rows), "n_failed": len(errors),
+    return FolderScores(rows=rows, summary=summarize(rows, input_dir is not None, len(errors)),
+                        errors=errors)
+
+
+def summarize(rows, baseline=False, n_failed=0):
+    """Means of per-image rows: {"n", "n_failed", "psnr_y", "ssim_y", "psnr_rgb" (nan when no
+    row), "baseline": the same means of the input_* columns, or None without a baseline}."""
+    summary = {"n": len(rows), "n_failed": n_failed,
                **{k: _mean([r[k] for r in rows]) for k in METRICS}, "baseline": None}
-    if input_dir is not None:
+    if baseline:
         summary["baseline"] = {k: _mean([r[BASELINE_PREFIX + k] for r in rows]) for k in METRICS}
-    return FolderScores(rows=rows, summary=summary, errors=errors)
+    return summary
 
 
 # ---------------------------------------------------------------- output

@@ -11,11 +11,11 @@ Output (JSON, written atomically), the original system's keys for each of "rain"
 "clean", in the representation's channel names ("mag"/"phase" or "real"/"imag"):
     {"settings": {...}, "rain": {"mag_R_max": ..., ..., "number_of_images": N,
      "number_of_pixels": P}, "diff": {...}, "clean": {...}, "per_frequency": "stats.npz"}
-and beside it, for crop > 0, an .npz with arrays "<part>_<stat>" of shape (6, crop, crop) for
-part in rain/diff/clean and stat in min/max/mean/std.
+and beside it, for crop > 0, an .npz with arrays "<part>_<stat>" of the shape the representation
+encodes a window to (rep.shape(crop, crop), e.g. (6, crop, crop)) for part in rain/diff/clean and
+stat in min/max/mean/std.
 """
 import json
-import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -23,43 +23,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from helpers import process as P
+import representations
 from helpers.images import ImageError, atomic_path, read_rgb, write_text
+from sampling import pad_to, window_boxes
 
 PARTS = ("rain", "diff", "clean")
-STATS_VERSION = 1
-CHANNEL_NAMES = {"magphase": ("mag", "phase"), "realimag": ("real", "imag")}
-
-
-def stats_settings(representation, crop, log):
-    """What a statistics file depends on; the dataset refuses a file whose settings differ."""
-    return {"representation": representation, "crop": int(crop), "log": bool(log),
-            "fft_norm": P.FFT_NORM, "phase_wrapped": True, "version": STATS_VERSION}
-
-
-def channel_keys(representation):
-    a, b = CHANNEL_NAMES[representation]
-    return [f"{kind}_{c}" for kind in (a, b) for c in "RGB"]
-
-
-def window_starts(length, crop, overlap=0.0):
-    """Start offsets of windows of `crop` covering [0, length), neighbours sharing at least
-    `overlap` of a window: evenly spaced, the first at 0 and the last flush with the end.
-    Statistics tile with overlap 0; derain.py with 0.5."""
-    if length <= crop:
-        return [0]
-    stride = max(1, int(crop * (1 - overlap)))
-    n = math.ceil((length - crop) / stride) + 1
-    return sorted({round(i * (length - crop) / (n - 1)) for i in range(n)})
-
-
-def pad_to(img, crop):
-    """Reflect-pad a (3, H, W) image so both sides are at least `crop` (small photos)."""
-    _, h, w = img.shape
-    ph, pw = max(0, crop - h), max(0, crop - w)
-    if ph == 0 and pw == 0:
-        return img
-    return np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > 1 else "edge")
 
 
 def load_pair(clean_path, rain_path):
@@ -75,15 +43,15 @@ def load_pair(clean_path, rain_path):
 class _Accumulator:
     """min, max, sum, sum of squares per channel (and per frequency when shape is given)."""
 
-    def __init__(self, freq_shape=None):
+    def __init__(self, per_frequency=True):
         self.n_images = 0
         self.n_pixels = 0  # per channel
         self.ch = {k: None for k in ("min", "max", "sum", "sq")}
-        self.freq = {k: None for k in ("min", "max", "sum", "sq")} if freq_shape else None
+        self.freq = {k: None for k in ("min", "max", "sum", "sq")} if per_frequency else None
         self.n_freq = 0
 
-    def add(self, x):  # x: (N, 6, H, W) float64
-        flat = x.transpose(1, 0, 2, 3).reshape(6, -1)
+    def add(self, x):  # x: (N, C, H, W) float64, C and H, W as the representation encodes
+        flat = x.transpose(1, 0, 2, 3).reshape(x.shape[1], -1)
         upd = {"min": flat.min(1), "max": flat.max(1), "sum": flat.sum(1), "sq": (flat ** 2).sum(1)}
         _merge(self.ch, upd)
         self.n_pixels += flat.shape[1]
@@ -118,27 +86,25 @@ def _mean_std(acc, n):
     return mean, np.sqrt(np.maximum(acc["sq"] / n - mean ** 2, 0.0))
 
 
-def _pair_spectra(clean, rain, representation, crop, log):
-    """All training-style windows of a pair (and their mirror images) -> dict of (N, 6, h, w)."""
+def _pair_spectra(clean, rain, rep, crop):
+    """All training-style windows of a pair (and their mirror images), encoded by the
+    representation -> {"rain", "diff", "clean"}, each (N, C, h', w')."""
     if crop:
         clean, rain = pad_to(clean, crop), pad_to(rain, crop)
-        _, h, w = clean.shape
-        boxes = [(y, x) for y in window_starts(h, crop) for x in window_starts(w, crop)]
+        boxes = window_boxes(clean.shape[1], clean.shape[2], crop)
         c = np.stack([clean[:, y:y + crop, x:x + crop] for y, x in boxes])
         r = np.stack([rain[:, y:y + crop, x:x + crop] for y, x in boxes])
         c, r = np.concatenate([c, c[..., ::-1]]), np.concatenate([r, r[..., ::-1]])
     else:
         c, r = clean[None], rain[None]
-    c_spec, r_spec = P.fft_image(c), P.fft_image(r)
-    return {"rain": P.complex_to_channels(r_spec, representation, log),
-            "diff": P.encode_target(c_spec, r_spec, representation, "diff", log),
-            "clean": P.complex_to_channels(c_spec, representation, log)}
+    return rep.parts(c, r)
 
 
 def _work(args):
     """One worker's share of the pairs -> (accumulators, list of error messages)."""
     rows, representation, crop, log = args
-    accs = {p: _Accumulator((6, crop, crop) if crop else None) for p in PARTS}
+    rep = representations.make(representation, crop=crop, log=log)
+    accs = {p: _Accumulator(bool(crop)) for p in PARTS}
     errors = []
     for clean_path, rain_path in rows:
         try:
@@ -146,7 +112,7 @@ def _work(args):
         except ImageError as e:
             errors.append(str(e))
             continue
-        for part, x in _pair_spectra(clean, rain, representation, crop, log).items():
+        for part, x in _pair_spectra(clean, rain, rep, crop).items():
             accs[part].add(x)
             accs[part].n_images += 1
     return accs, errors
@@ -164,17 +130,20 @@ def read_pairs(csv_path):
     return [(absolute(c), absolute(r)) for c, r in zip(df.image_filepath, df.image_rain_filepath)]
 
 
-def compute_statistics(csv_path, representation="magphase", crop=128, log=True, workers=2,
+def compute_statistics(csv_path, representation="realimag", crop=128, log=True, workers=2,
                        progress=True):
     """Stream over the pairs of `csv_path` -> (stats dict, per-frequency arrays or None, errors).
 
-    Never holds more than one chunk of pairs per worker in memory."""
+    `representation` is a registered name (representations.names(statistics_only=True)); the
+    statistics are those of what it encodes, under its channel names. Never holds more than one
+    chunk of pairs per worker in memory."""
+    rep = representations.make(representation, crop=crop, log=log)
     pairs = read_pairs(csv_path)
     if not pairs:
         raise ValueError(f"{csv_path}: no pairs")
     chunk = max(1, min(16, len(pairs) // max(1, 4 * workers)))
     jobs = [(pairs[i:i + chunk], representation, crop, log) for i in range(0, len(pairs), chunk)]
-    total = {p: _Accumulator((6, crop, crop) if crop else None) for p in PARTS}
+    total = {p: _Accumulator(bool(crop)) for p in PARTS}
     errors = []
     bar = tqdm(total=len(pairs), desc="fft statistics", unit="pair", disable=not progress)
     if workers > 1:
@@ -194,8 +163,8 @@ def compute_statistics(csv_path, representation="magphase", crop=128, log=True, 
             pool.shutdown()
     if total["rain"].n_images == 0:
         raise ValueError(f"{csv_path}: none of the {len(pairs)} pairs could be read")
-    keys = channel_keys(representation)
-    stats = {"settings": stats_settings(representation, crop, log)}
+    keys = rep.channel_names
+    stats = {"settings": rep.stats_settings()}
     freq = {}
     for p in PARTS:
         acc = total[p]
@@ -250,21 +219,9 @@ def load_statistics(path):
     return stats
 
 
-def check_settings(stats, representation, crop, log=True, source="statistics"):
-    """Raise ValueError, saying which script to run, if `stats` were computed for other settings."""
-    want = stats_settings(representation, crop, log)
-    have = stats.get("settings", {})
-    diffs = [f"{k}={have.get(k)!r} (need {v!r})" for k, v in want.items() if have.get(k) != v]
-    if diffs:
-        script = "get_fft_statistics_log.py" if log else "get_fft_statistics.py"
-        raise ValueError(
-            f"{source}: computed for other settings: {', '.join(diffs)}. Recompute with: python "
-            f"{script} --csv PAIRS.csv --out STATS.json --representation {representation} "
-            f"--crop {crop}")
-
-
-def statistics_main(argv, log):
-    """The command line shared by get_fft_statistics_log.py (log=True) and get_fft_statistics.py."""
+def statistics_main(argv, log, defaults):
+    """The command line shared by get_fft_statistics_log.py (log=True) and get_fft_statistics.py;
+    `defaults` is ddpm_conditional.launch(), so the statistics match training unless told."""
     import argparse
     name = "get_fft_statistics_log.py" if log else "get_fft_statistics.py"
     ap = argparse.ArgumentParser(prog=name, description=(
@@ -273,11 +230,15 @@ def statistics_main(argv, log):
         "statistics at the crop size."))
     ap.add_argument("--csv", required=True, help="pairs CSV from preprocess_csv.py")
     ap.add_argument("--out", required=True, help="output JSON (an .npz of the same stem beside it)")
-    ap.add_argument("--representation", default="magphase", choices=P.REPRESENTATIONS)
-    ap.add_argument("--target", default="diff", choices=P.TARGETS,
+    ap.add_argument("--representation", default=defaults["representation"],
+                    choices=representations.names(statistics_only=True),
+                    help="what the statistics describe (default: launch()'s, "
+                         f"{defaults['representation']})")
+    ap.add_argument("--target", default="diff", choices=representations.TARGETS,
                     help="accepted for symmetry with training; diff and clean are both measured")
-    ap.add_argument("--crop", type=int, default=64, help="window size the model trains on; 0: "
-                    "whole images, no per-frequency statistics")
+    ap.add_argument("--crop", type=int, default=defaults["crop"], help="window size the model "
+                    f"trains on (default: launch()'s, {defaults['crop']}); 0: whole images, no "
+                    "per-frequency statistics")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--strict", action="store_true", help="exit non-zero if any pair fails")
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Statistics scripts, the codec and FFTDataset."""
+"""Statistics scripts, FFTDataset and the training stream."""
 import json
 import subprocess
 import sys
@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import process as P
-from helpers.statistics import channel_keys, compute_statistics, load_statistics, save_statistics
+import representations
+from helpers.statistics import compute_statistics, load_statistics
 from tests.conftest import REPO
 from tests.helpers_data import make_pairs
-from utils import Codec, FFTDataset, StreamSampler, get_data
+from utils import FFTDataset, StreamSampler, get_data
+
+FOURIER = representations.names(statistics_only=True)
 
 ORIGINAL_KEYS = [f"{k}_{c}_{s}" for s in ("max", "min", "mean", "std")
                  for k in ("mag", "phase") for c in "RGB"] + ["number_of_images",
@@ -58,7 +60,9 @@ def test_statistics_match_a_direct_computation(pairs_csv, tmp_path):
     # per-channel max/mean over every 16x16 window and its mirror, computed independently
     stats, freq, errors = compute_statistics(pairs_csv, "realimag", 16, True, workers=1,
                                              progress=False)
-    from helpers.statistics import load_pair, read_pairs, window_starts
+    from helpers import process as P
+    from helpers.statistics import load_pair, read_pairs
+    from sampling import window_starts
     vals = []
     for c_path, r_path in read_pairs(pairs_csv):
         clean, rain = load_pair(c_path, r_path)
@@ -66,7 +70,9 @@ def test_statistics_match_a_direct_computation(pairs_csv, tmp_path):
             for x in window_starts(26, 16):
                 for flip in (False, True):
                     w = rain[:, y:y + 16, x:x + 16]
-                    vals.append(P.image_to_spectrum(w[..., ::-1] if flip else w, "realimag"))
+                    spec = P.fft_image(w[..., ::-1] if flip else w)
+                    vals.append(np.concatenate([P.signed_log_scale(spec.real),
+                                                P.signed_log_scale(spec.imag)]))
     vals = np.stack(vals)
     assert not errors
     assert stats["rain"]["real_R_max"] == pytest.approx(vals[:, 0].max())
@@ -75,16 +81,25 @@ def test_statistics_match_a_direct_computation(pairs_csv, tmp_path):
     np.testing.assert_allclose(freq["rain_max"], vals.max(0))
 
 
+def _rep(stats, name="realimag", target="diff", norm="perfreq_std", crop=16):
+    return representations.make(name, target, norm, crop, True, load_statistics(stats))
+
+
 def test_dataset_yields_finite_normalised_tensors(pairs_csv, tmp_path):
-    for rep in P.REPRESENTATIONS:
-        stats = _stats(pairs_csv, tmp_path, representation=rep)
-        for target in P.TARGETS:
-            for norm in ("perfreq", "global", "perfreq_std", "global_std"):
-                ds = FFTDataset(pairs_csv, stats, 16, rep, target, norm, train=False)
-                tgt, cond = ds[0]
-                assert tgt.shape == cond.shape == (6, 16, 16)
+    for name in FOURIER:
+        stats = _stats(pairs_csv, tmp_path, representation=name)
+        for target in representations.TARGETS:
+            for norm in representations.NORMS:
+                rep = _rep(stats, name, target, norm)
+                item = FFTDataset(pairs_csv, rep, train=False)[0]
+                tgt, cond = item["target"], item["cond"]
+                assert tgt.shape == cond.shape == rep.shape(16, 16)
+                assert item["rain"].shape == item["clean"].shape == (3, 16, 16)
                 assert tgt.dtype == cond.dtype == torch.float32
                 assert torch.isfinite(tgt).all() and torch.isfinite(cond).all()
+                # what decoding needs travels with the batch: the target decodes to the clean
+                back = rep.decode(tgt.double(), item["rain"].double())
+                assert (back - item["clean"]).abs().max() * 255 < 0.5
                 if norm.endswith("_std"):  # mean -+ 2 std -> [-1, 1]: most values inside
                     assert tgt.abs().median() < 1
                     continue
@@ -95,41 +110,32 @@ def test_dataset_yields_finite_normalised_tensors(pairs_csv, tmp_path):
 
 
 def test_std_norm_gives_each_frequency_the_same_spread(pairs_csv, tmp_path):
-    stats = _stats(pairs_csv, tmp_path, representation="realimag")
-    ds = FFTDataset(pairs_csv, stats, 16, "realimag", "diff", "perfreq_std", train=False)
-    tgt = torch.stack([ds[i][0] for i in range(len(ds))])  # (N, 6, 16, 16)
+    ds = FFTDataset(pairs_csv, _rep(_stats(pairs_csv, tmp_path, representation="realimag")),
+                    train=False)
+    tgt = torch.stack([ds[i]["target"] for i in range(len(ds))])  # (N, 6, 16, 16)
     # over the statistics' own windows the per-frequency std would be 0.5 exactly; over centre
     # crops of 5 images it is near 0.5 on average, where min/max leaves it far smaller
     assert 0.25 < tgt.std(dim=0).mean() < 0.75
 
 
-def test_dataset_refuses_statistics_of_other_settings(pairs_csv, tmp_path):
+def test_representation_refuses_statistics_of_other_settings(pairs_csv, tmp_path):
     stats = _stats(pairs_csv, tmp_path, representation="magphase", crop=16)
     with pytest.raises(ValueError, match="representation.*get_fft_statistics_log.py"):
-        FFTDataset(pairs_csv, stats, 16, "realimag")
+        _rep(stats, "realimag")
     with pytest.raises(ValueError, match="crop=16 .need 24."):
-        FFTDataset(pairs_csv, stats, 24, "magphase")
+        _rep(stats, "magphase", crop=24)
+    with pytest.raises(ValueError, match="log=True .need False.*get_fft_statistics.py"):
+        representations.make("magphase", crop=16, log=False, stats=load_statistics(stats))
     with pytest.raises(ValueError, match="not a statistics file"):
         bad = tmp_path / "bad.json"
         bad.write_text('{"a": 1}')
-        FFTDataset(pairs_csv, bad, 16)
+        load_statistics(bad)
 
 
-def test_codec_round_trip_and_checkpoint_state(pairs_csv, tmp_path):
-    stats = load_statistics(_stats(pairs_csv, tmp_path, representation="realimag"))
-    rng = np.random.default_rng(0)
-    clean = rng.integers(0, 256, (2, 3, 16, 16)) / 255.0
-    rain = np.clip(clean + 0.3 * (rng.random(clean.shape) < 0.1), 0, 1)
-    for domain in ("fft", "pixel"):
-        codec = Codec(domain, "realimag", "diff", "perfreq", 16, stats)
-        tgt, cond = codec.encode(clean, rain)
-        back = Codec.from_state(codec.state()).decode(tgt.astype(np.float32), rain)
-        assert np.max(np.abs(back - clean)) * 255 < 0.5
-
-
-def test_pixel_domain_needs_no_statistics(pairs_csv):
-    tgt, cond = FFTDataset(pairs_csv, None, 16, domain="pixel")[1]
-    assert tgt.shape == (3, 16, 16) and cond.min() >= -1 and cond.max() <= 1
+def test_pixel_representation_needs_no_statistics(pairs_csv):
+    item = FFTDataset(pairs_csv, representations.make("pixels", crop=16))[1]
+    assert item["target"].shape == (3, 16, 16)
+    assert item["cond"].min() >= -1 and item["cond"].max() <= 1
 
 
 def test_stream_sampler_is_resumable_and_sharded():
@@ -142,13 +148,11 @@ def test_stream_sampler_is_resumable_and_sharded():
 
 
 def test_get_data_batches(pairs_csv, tmp_path):
-    stats = _stats(pairs_csv, tmp_path)
-    cfg = dict(csv=str(pairs_csv), val_csv=str(pairs_csv), stats=str(stats), crop=16,
-               representation="magphase", target="diff", norm="perfreq", domain="fft",
-               batch_size=4, num_workers=0)
-    tgt, cond = next(iter(get_data(cfg)))
-    assert tgt.shape == (4, 6, 16, 16)
-    val = list(get_data(cfg, train=False))
-    assert sum(len(b[0]) for b in val) == 5
+    rep = _rep(_stats(pairs_csv, tmp_path, representation="magphase"), "magphase", norm="perfreq")
+    cfg = dict(csv=str(pairs_csv), val_csv=str(pairs_csv), batch_size=4, num_workers=0)
+    batch = next(iter(get_data(cfg, rep)))
+    assert batch["target"].shape == (4, 6, 16, 16) and batch["rain"].shape == (4, 3, 16, 16)
+    val = list(get_data(cfg, rep, train=False))
+    assert sum(len(b["target"]) for b in val) == 5
     # validation takes the centre crop: deterministic
-    assert torch.equal(val[0][0], list(get_data(cfg, train=False))[0][0])
+    assert torch.equal(val[0]["target"], list(get_data(cfg, rep, train=False))[0]["target"])

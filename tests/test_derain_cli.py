@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 import derain
+import representations
 from diffusion import Diffusion
+from sampling import Derainer, count_windows
 from tests.conftest import REPO
 from tests.helpers_data import make_pairs, smooth_image
 from tests.test_training import TINY
-from utils import Codec
 
 FAST = ["--steps", "2", "--quiet"]
 
@@ -40,7 +41,7 @@ def setup(tmp_path_factory):
     csv_path = make_pairs(root / "pairs", n=3, size=(24, 28))
     return {"csv": csv_path, "pairs": root / "pairs",
             "fft": _train(csv_path, root / "run_fft"),
-            "pixel": _train(csv_path, root / "run_pixel", "--domain", "pixel")}
+            "pixel": _train(csv_path, root / "run_pixel", "--representation", "pixels")}
 
 
 def _save(path, size, seed=0):
@@ -195,11 +196,16 @@ class IdentityX0(torch.nn.Module):
 def test_large_image_with_a_fake_model_keeps_memory_bounded(tmp_path, capsys, monkeypatch):
     crop, batch, h, w, ensemble = 16, 64, 200, 300, 4
     model = IdentityX0()
-    codec = Codec("pixel", "realimag", "diff", "perfreq", crop, None)
-    fake = (model, codec, Diffusion(1000, prediction="x0"), {"clip_x0": 0.0, "domain": "pixel"})
-    monkeypatch.setattr(derain, "load_model", lambda *a, **k: fake)
+    rep = representations.make("pixels", crop=crop)
+
+    def fake(path, device="cpu", ema=True, **overrides):
+        settings = dict(sampler="ddim", sample_steps=2, eta=0.0, guidance=1.0, clip_x0=0.0,
+                        ensemble=1, sample_batch=32)
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return Derainer(model, rep, Diffusion(1000, prediction="x0"), settings, device), {}
+    monkeypatch.setattr(derain, "load_derainer", fake)
     img = _save(tmp_path / "big.png", (h, w))
-    windows = derain.count_windows(h, w, crop, ensemble)
+    windows = count_windows(h, w, crop, ensemble)
     assert windows > 10 * batch
     tracemalloc.start()
     try:

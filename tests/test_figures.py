@@ -9,13 +9,15 @@ import matplotlib.text
 import pytest
 from PIL import Image
 
+import checkpoint as C
 import ddpm_conditional as D
 import diffusion
 import helpers.figures as HF
 import make_figures as MF
-import utils
+import representations
 from helpers import draw_pipeline as DP
 from helpers import process as P
+from representations import base as RB
 from tests.conftest import REPO
 from tests.helpers_data import make_pairs
 from tests.test_training import _args
@@ -46,9 +48,10 @@ def test_labels_come_from_the_code_and_follow_launch_defaults(monkeypatch):
     lab = DP.pipeline_labels()
     everything = "\n".join(str(v) if isinstance(v, str) else "\n".join(map(str, v))
                            for k, v in lab.items() if k != "defaults")
-    for name in (*P.REPRESENTATIONS, *P.TARGETS, *utils.NORMS, *diffusion.PREDICTIONS):
+    for name in (*representations.names(statistics_only=True), *RB.TARGETS, *RB.NORMS,
+                 *diffusion.PREDICTIONS):
         assert name in everything
-    assert f"norm='{P.FFT_NORM}'" in everything and f"\u00b1 {utils.STD_SPAN:g} std" in everything
+    assert f"norm='{P.FFT_NORM}'" in everything and f"\u00b1 {RB.STD_SPAN:g} std" in everything
     assert f"{DP.ON} {d['representation']}" in lab["channels"]
     assert f"{DP.ON} {d['norm']}" in lab["norm"]
     assert f"representation={d['representation']}" in lab["subtitle"]
@@ -133,10 +136,9 @@ def tiny(tmp_path_factory):
     csv = make_pairs(folder / "pairs", n=4, size=(24, 28))
     cfg, _ = D.resolve_config(_args(csv, folder / "run", "--max-steps", "2", "--ckpt-every",
                                     "0"))
-    trainer = D.Trainer(cfg)
-    trainer.setup()
+    trainer = D.setup(cfg, D.Distributed("cpu"), log=lambda m: None)
     assert trainer.train() == 0
-    return {"csv": csv, "ckpt": D.ckpt_paths(folder / "run")[-1], "run": folder / "run"}
+    return {"csv": csv, "ckpt": C.ckpt_paths(folder / "run")[-1], "run": folder / "run"}
 
 
 def test_comparison_and_spectra_from_a_tiny_checkpoint(tiny, tmp_path, capsys):

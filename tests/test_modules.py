@@ -1,14 +1,16 @@
-"""Tests of modules.UNet_conditional: shapes at any size, gradient flow, frequency coordinates,
-time conditioning, config round trip, attention placement and the presets. Tiny configs only, so
-the whole file runs in a few seconds on a CPU."""
+"""Tests of modules: UNet_conditional's shapes at any size, gradient flow, time conditioning,
+config round trip, attention placement and the presets; the Denoiser wrapper's frequency
+coordinates. Tiny configs only, so the whole file runs in a few seconds on a CPU."""
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import modules
-from modules import MODEL_PRESETS, AttnBlock, UNet_conditional, centred_freq_coords, count_parameters
+from helpers import process as P
+from modules import MODEL_PRESETS, AttnBlock, Denoiser, UNet_conditional, build_network, count_parameters
+from representations.pixels import Pixels
+from representations.realimag import RealImag
 
 # Two downsamples (sizes padded to multiples of 4), attention only at the 1/4-resolution level.
 TINY = dict(base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1, attn_levels=(2,),
@@ -25,16 +27,19 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def make(seed=0, randomise_out=True, **kw):
+def make(seed=0, randomise_out=True, freq_coords=False, **kw):
     """A tiny model; the zero-initialised output conv is randomised so outputs and gradients are
-    informative (with it at zero the output is identically 0 and only it gets a gradient)."""
+    informative (with it at zero the output is identically 0 and only it gets a gradient). With
+    freq_coords, the U-Net inside a Denoiser that appends a spectrum's frequency coordinates."""
     torch.manual_seed(seed)
-    m = UNet_conditional(**{**TINY, **kw}).eval()
+    if freq_coords:
+        kw["cond_channels"] = kw.get("cond_channels", 6) + 3
+    unet = UNet_conditional(**{**TINY, **kw}).eval()
     if randomise_out:
         with torch.no_grad():
-            m.conv_out.weight.normal_(0, 0.1)
-            m.conv_out.bias.normal_(0, 0.1)
-    return m
+            unet.conv_out.weight.normal_(0, 0.1)
+            unet.conv_out.bias.normal_(0, 0.1)
+    return Denoiser(unet, RealImag()).eval() if freq_coords else unet
 
 
 def inputs(b, h, w, c=6, seed=1):
@@ -55,8 +60,7 @@ def test_output_shape_any_size(b, h, w):
 
 def test_pixel_baseline_shape_and_zero_init():
     """3-channel pixel model without coordinates; a fresh model outputs exactly 0 (zero-init)."""
-    m = make(randomise_out=False, in_channels=3, cond_channels=3, out_channels=3,
-             freq_coords=False)
+    m = make(randomise_out=False, in_channels=3, cond_channels=3, out_channels=3)
     assert m.conv_in.in_channels == 6
     x, t, c = inputs(2, 33, 47, c=3)
     with torch.no_grad():
@@ -74,37 +78,22 @@ def test_gradients_reach_every_parameter():
     assert not dead, f"parameters without gradient: {dead}"
 
 
-def test_freq_coord_values_known_size():
-    for h, w in [(4, 5), (64, 64), (33, 47)]:
-        co = centred_freq_coords(h, w)  # (3, H, W)
-        assert co.shape == (3, h, w)
-        fy = torch.fft.fftshift(torch.fft.fftfreq(h)) * 2
-        fx = torch.fft.fftshift(torch.fft.fftfreq(w)) * 2
-        torch.testing.assert_close(co[0], fy[:, None].expand(h, w))
-        torch.testing.assert_close(co[1], fx[None, :].expand(h, w))
-        torch.testing.assert_close(co[2], torch.sqrt(co[0] ** 2 + co[1] ** 2) / 2 ** 0.5)
-        assert co[:, h // 2, w // 2].abs().max() == 0  # zero frequency at the fftshift centre
-    co = centred_freq_coords(4, 5)
-    assert co[0, :, 0].tolist() == [-1.0, -0.5, 0.0, 0.5]
-    torch.testing.assert_close(co[1, 0], torch.tensor([-0.8, -0.4, 0.0, 0.4, 0.8]))
-
-
 def test_freq_coords_use_unpadded_size_and_reach_the_output(monkeypatch):
-    m = make()
+    m = make(freq_coords=True)
     x, t, c = inputs(1, 33, 47)
     calls = []
-    real = modules.centred_freq_coords
+    real = P.centred_freq_coords
 
     def spy(h, w, **kw):
         calls.append((h, w))
         return real(h, w, **kw)
 
-    monkeypatch.setattr(modules, "centred_freq_coords", spy)
+    monkeypatch.setattr(P, "centred_freq_coords", spy)
     with torch.no_grad():
         y = m(x, t, c)
     assert calls == [(33, 47)]  # not the padded 36 x 48
 
-    monkeypatch.setattr(modules, "centred_freq_coords", lambda h, w, **kw: torch.zeros(3, h, w))
+    monkeypatch.setattr(P, "centred_freq_coords", lambda h, w, **kw: torch.zeros(3, h, w))
     with torch.no_grad():
         y0 = m(x, t, c)
     assert (y - y0).abs().max() > 1e-3
@@ -117,7 +106,7 @@ def test_freq_coords_break_translation_equivariance():
     cfg = dict(channel_mults=(1,), attn_levels=())
     with_c = make(**cfg, freq_coords=True)
     without = make(**cfg, freq_coords=False)
-    sd = with_c.state_dict()
+    sd = with_c.trunk.state_dict()
     sd["conv_in.weight"] = sd["conv_in.weight"][:, :12]  # same weights minus the coord channels
     without.load_state_dict(sd)
     x, t, c = inputs(1, 64, 64)
@@ -200,15 +189,16 @@ def test_bf16_autocast_and_channels_last():
 def test_presets():
     params = {}
     for name, preset in MODEL_PRESETS.items():
-        m = UNet_conditional(**preset)
+        cfg = {"model": name, "model_args": {}, "freq_coords": True}
+        m = build_network(cfg, RealImag())
         params[name] = count_parameters(m)
-        assert m.conv_in.in_channels == 15  # 6 noisy + 6 condition + 3 frequency coordinates
+        assert m.trunk.conv_in.in_channels == 15  # 6 noisy + 6 condition + 3 frequency coords
         assert all(w % 32 == 0 for w in (preset["base_channels"] * k
                                          for k in preset["channel_mults"]))
         assert 0 not in preset["attn_levels"]
     assert params["large"] >= 20e6
     assert 1e6 <= params["small"] <= 3e6
     assert params["small"] < params["default"] < params["large"]
-    # the pixel baseline uses the same presets
-    UNet_conditional(in_channels=3, cond_channels=3, out_channels=3, freq_coords=False,
-                     **MODEL_PRESETS["small"])
+    # the pixel baseline uses the same presets, without extra inputs
+    pixel = build_network({"model": "small", "model_args": {}, "freq_coords": True}, Pixels())
+    assert pixel.trunk.conv_in.in_channels == 6 and pixel.extra_inputs is None

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import checkpoint as C
 import ddpm_conditional as D
 from tests.conftest import REPO
 from tests.helpers_data import make_pairs
@@ -54,8 +55,7 @@ def test_config_precedence_and_dry_run(tmp_path):
 
 
 def _final_state(run_dir):
-    ckpt = D.load_checkpoint(D.ckpt_paths(run_dir)[-1])
-    return ckpt
+    return C.load_checkpoint(C.ckpt_paths(run_dir)[-1])
 
 
 def test_resume_after_kill_continues_exactly(data, tmp_path):
@@ -79,7 +79,7 @@ def test_resume_after_kill_continues_exactly(data, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert ckpt4.exists()
-    for later in D.ckpt_paths(run_dir):  # it may have got further: resume from step 4
+    for later in C.ckpt_paths(run_dir):  # it may have got further: resume from step 4
         if later != ckpt4:
             later.unlink()
     # ...then resumed: same step, optimiser state, EMA and data stream
@@ -105,17 +105,17 @@ def test_damaged_and_foreign_checkpoints_are_refused(data, tmp_path):
     run_dir = tmp_path / "run"
     r = _run(_args(data, run_dir, "--max-steps", "2", "--ckpt-every", "0"))
     assert r.returncode == 0, r.stderr[-2000:]
-    good = D.ckpt_paths(run_dir)[-1]
-    model, codec, diffusion, cfg = D.model_from_checkpoint(D.load_checkpoint(good))
-    assert codec.crop == 16 and cfg["crop"] == 16 and not model.training
+    good = C.ckpt_paths(run_dir)[-1]
+    model, rep, diffusion, cfg = C.model_from_checkpoint(C.load_checkpoint(good))
+    assert rep.crop == 16 and cfg["crop"] == 16 and not model.training
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(good.read_bytes()[:5000])
-    with pytest.raises(D.CheckpointError, match="damaged.pt.*truncated or damaged"):
-        D.load_checkpoint(damaged)
+    with pytest.raises(C.CheckpointError, match="damaged.pt.*truncated or damaged"):
+        C.load_checkpoint(damaged)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(D.CheckpointError, match="foreign.pt: not a checkpoint of this repo"):
-        D.load_checkpoint(foreign)
+    with pytest.raises(C.CheckpointError, match="foreign.pt: not a checkpoint of this repo"):
+        C.load_checkpoint(foreign)
     r = _run(_args(data, tmp_path / "r2", "--max-steps", "3", "--resume", str(damaged)))
     assert r.returncode == 2 and "damaged.pt" in r.stderr
     # nothing half-written: only complete checkpoints in the run dir
@@ -125,9 +125,8 @@ def test_damaged_and_foreign_checkpoints_are_refused(data, tmp_path):
 def test_non_finite_losses_are_skipped_then_stop_the_run(data, tmp_path, monkeypatch):
     cfg, _ = D.resolve_config(_args(data, tmp_path / "nan", "--max-steps", "50",
                                     "--max-bad-steps", "3", "--ckpt-every", "2"))
-    trainer = D.Trainer(cfg)
-    trainer.setup()
-    real = trainer.diffusion.p_losses
+    trainer = D.setup(cfg, D.Distributed("cpu"), log=lambda m: None)
+    real = trainer.parts.loss
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -136,14 +135,14 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(data, tmp_path, monkeyp
         if calls["n"] == 3 or calls["n"] >= 6:  # one isolated NaN, then NaN for ever
             return loss * float("nan")
         return loss
-    monkeypatch.setattr(trainer.diffusion, "p_losses", flaky)
+    trainer.parts.loss = flaky
     assert trainer.train() == 4
     log = [json.loads(line) for line in (tmp_path / "nan" / "log.jsonl").read_text().splitlines()]
     assert sum(1 for r in log if r.get("skipped")) == 4  # the isolated one and three in a row
     assert trainer.step == 4
-    for p in trainer.model.parameters():
+    for p in trainer.parts.model.parameters():
         assert torch.isfinite(p).all()
-    assert D.ckpt_paths(tmp_path / "nan")  # the last good checkpoint is kept
+    assert C.ckpt_paths(tmp_path / "nan")  # the last good checkpoint is kept
 
 
 def test_torchrun_two_cpu_ranks_stay_in_sync(data, tmp_path):
@@ -157,7 +156,7 @@ def test_torchrun_two_cpu_ranks_stay_in_sync(data, tmp_path):
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     sync = [rec for rec in log if "ranks_in_sync" in rec]
     assert sync and sync[-1]["ranks_in_sync"] is True and len(sync[-1]["weights_digest"]) == 2
-    assert D.load_checkpoint(D.ckpt_paths(run_dir)[-1])["world"] == 2
+    assert C.load_checkpoint(C.ckpt_paths(run_dir)[-1])["world"] == 2
     # only rank 0 writes: one log line per step
     assert [rec["step"] for rec in log if "loss" in rec] == [1, 2, 3]
 
@@ -168,7 +167,7 @@ def test_stop_file_checkpoints_and_exits(data, tmp_path):
     (run_dir / "STOP").touch()
     r = _run(_args(data, run_dir, "--max-steps", "100"))
     assert r.returncode == 3 and "stop requested at step 0" in r.stdout
-    assert D.ckpt_paths(run_dir)
+    assert C.ckpt_paths(run_dir)
 
 
 def test_real_data_presets_split_by_number_without_leakage(shared_data, tmp_path, monkeypatch):
@@ -188,3 +187,64 @@ def test_real_data_presets_split_by_number_without_leakage(shared_data, tmp_path
         per_set = pd.read_csv(tmp_path / "data" / "presets" / "rain100" / f"val_{name}.csv")
         assert len(per_set) == 10 and set(per_set.dataset) == {name}
         assert number(per_set.clean_id) == set(range(51, 61))
+
+
+SKEWED_CLOCK = '''import os, time
+if os.environ.get("RANK") == "1":  # rank 1's clock runs 1.5 times too fast
+    _real, _t0 = time.time, time.time()
+    time.time = lambda: _t0 + 1.5 * (_real() - _t0)
+'''
+
+
+def test_torchrun_with_a_time_budget_plans_from_rank_0s_clock(data, tmp_path):
+    # Under --minutes the learning rate follows the clock. If each rank read its own, ranks with
+    # different clocks (here rank 1's runs 1.5x fast, through a sitecustomize on PYTHONPATH)
+    # would get different learning rates and their weights would drift apart; rank 0 decides
+    # for all, and the weights are compared at every checkpoint.
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SKEWED_CLOCK)
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    args = _args(data, run_dir, "--device", "cpu", "--ckpt-every", "5", "--keep-ckpts", "10")
+    args[args.index("--minutes") + 1] = "0.1"
+    args[args.index("--lr-min-ratio") + 1] = "0.1"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", str(REPO / "ddpm_conditional.py"), *args],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    sync = [rec for rec in log if "ranks_in_sync" in rec]
+    assert len(sync) >= 2 and all(rec["ranks_in_sync"] for rec in sync)
+    lrs = [rec["lr"] for rec in log if "lr" in rec]
+    assert len(lrs) > 5 and lrs[-1] < 0.5 * max(lrs)  # and the run ended with a decayed rate
+
+
+def test_ranks_out_of_sync_stop_the_run():
+    from types import SimpleNamespace
+    records = []
+    fake = SimpleNamespace(env=SimpleNamespace(ddp=True, gather_object=lambda obj: ["a", "b"]),
+                           parts=SimpleNamespace(model=torch.nn.Linear(1, 1)), step=7,
+                           log=SimpleNamespace(write=records.append))
+    with pytest.raises(D.RanksOutOfSync, match="step 7: the ranks hold different weights"):
+        D.Trainer.check_sync(fake)
+    assert records == [{"step": 7, "ranks_in_sync": False, "weights_digest": ["a", "b"]}]
+
+
+def test_bench_times_the_training_step(monkeypatch):
+    import bench
+    calls = []
+    real = D.TrainStep.__call__
+
+    def spy(self, stream, generator):
+        calls.append(type(self.parts.loss).__name__)
+        return real(self, stream, generator)
+    monkeypatch.setattr(D.TrainStep, "__call__", spy)
+    args = bench.parse_args(["--device", "cpu", "--models", "small", "--batch", "2", "--size",
+                             "16", "--steps", "2", "--warmup", "1", "--threads", "1",
+                             "--loss", "image"])
+    res = bench.run_model(args, "small")
+    assert calls == ["ImageLoss"] * 3  # the warm-up and the timed steps, through TrainStep
+    assert res["s_per_step"] > 0 and res["channels"] == "15->6" and res["channels_last"]
+    assert res["representation"] == D.launch()["representation"] and res["loss"] == "image"

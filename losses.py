@@ -1,0 +1,105 @@
+"""Training losses: objects chosen by name (`--loss`), recorded in the checkpoint's config.
+
+    loss = make_loss(cfg, diffusion, representation)
+    per_element = loss(net, batch, generator)       # the training loop takes its mean
+
+A loss draws the diffusion time and the noise of each sample from `generator` (in that order, so
+a resumed run draws what the uninterrupted one would have), noises the batch's target, calls the
+network and compares. The batch (utils.FFTDataset) carries the rainy and clean windows as well,
+so a loss can decode the network's x0 estimate and measure it in image space.
+
+    model  MSE of the network's output in the model's space (the prediction named by
+           --prediction: eps, x0 or v), the usual diffusion loss.
+    image  MSE of the decoded x0 estimate against the clean window, in image space. With the
+           orthonormal FFT this is the squared error of the linear spectrum (Parseval), so every
+           frequency is weighted by what it costs in PSNR; the signed log and the per-frequency
+           standardisation of the model's space weight them very differently.
+    mix    (1 - loss_mix) * model + loss_mix * image.
+"""
+import torch
+
+# The image loss is expressed in units of an RMS error of 0.1 (20 dB PSNR), so that its values
+# are of the order of the model-space loss (gradient clipping and Adam's epsilon see similar
+# magnitudes); 1 / IMAGE_UNIT^2 = 100.
+IMAGE_UNIT = 0.1
+
+
+def drop_condition(cond, p_uncond, generator):
+    """With p_uncond > 0, replace the condition of that fraction of the batch by zeros: the
+    unconditional model that classifier-free guidance needs."""
+    if p_uncond <= 0:
+        return cond
+    keep = torch.rand(cond.shape[0], generator=generator, device=cond.device) >= p_uncond
+    return cond * keep.view(-1, *([1] * (cond.dim() - 1))).to(cond.dtype)
+
+
+class DiffusionLoss:
+    """Draw (t, noise), noise the target, run the network; subclasses compare (per_element)."""
+
+    name = ""
+
+    def __init__(self, diffusion, representation, p_uncond=0.0):
+        self.diffusion, self.rep, self.p_uncond = diffusion, representation, float(p_uncond)
+
+    def __call__(self, net, batch, generator=None):
+        x0, cond = batch["target"], batch["cond"]
+        t = torch.randint(0, self.diffusion.timesteps, (x0.shape[0],), generator=generator,
+                          device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        cond = drop_condition(cond, self.p_uncond, generator)
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        pred = net(x_t, t, cond)
+        return self.per_element(pred, batch, x_t, t, noise)
+
+    def per_element(self, pred, batch, x_t, t, noise):
+        raise NotImplementedError
+
+
+class ModelLoss(DiffusionLoss):
+    name = "model"
+
+    def per_element(self, pred, batch, x_t, t, noise):
+        target = self.diffusion.target_for(batch["target"], t, noise)
+        return (pred.float() - target.float()) ** 2
+
+
+class ImageLoss(DiffusionLoss):
+    name = "image"
+
+    def per_element(self, pred, batch, x_t, t, noise):
+        # the decode runs in float32 outside autocast: FFTs in bf16 are not supported
+        with torch.autocast(pred.device.type, enabled=False):
+            x0_hat, _ = self.diffusion.split(pred.float(), x_t.float(), t)
+            image = self.rep.decode(x0_hat, batch["rain"].float())
+            return (image - batch["clean"].float()) ** 2 / IMAGE_UNIT ** 2
+
+
+class MixLoss(DiffusionLoss):
+    """(1 - mix) * model + mix * image, from one network call. The two parts have different
+    shapes, so the per-element result is their concatenation, each part rescaled so that the mean
+    of the concatenation is the weighted sum of the two means."""
+
+    name = "mix"
+
+    def __init__(self, diffusion, representation, p_uncond=0.0, mix=0.5):
+        super().__init__(diffusion, representation, p_uncond)
+        self.mix = float(mix)
+        self.parts = (ModelLoss(diffusion, representation), ImageLoss(diffusion, representation))
+
+    def per_element(self, pred, batch, x_t, t, noise):
+        m, i = (p.per_element(pred, batch, x_t, t, noise).flatten(1) for p in self.parts)
+        n = m.shape[1] + i.shape[1]
+        return torch.cat([(1 - self.mix) * m * (n / m.shape[1]), self.mix * i * (n / i.shape[1])],
+                         dim=1)
+
+
+LOSSES = {cls.name: cls for cls in (ModelLoss, ImageLoss, MixLoss)}
+
+
+def make_loss(cfg, diffusion, representation):
+    """The loss named by cfg['loss'] (with cfg['p_uncond'] and, for mix, cfg['loss_mix'])."""
+    name = cfg["loss"]
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    kw = {"mix": cfg["loss_mix"]} if name == "mix" else {}
+    return LOSSES[name](diffusion, representation, cfg.get("p_uncond", 0.0), **kw)

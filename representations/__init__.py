@@ -1,0 +1,32 @@
+"""The registry of representations: one class per file, chosen by name (`--representation`).
+
+    rep = make("realimag", target="diff", norm="perfreq_std", crop=64, log=True, stats=stats)
+    rep = from_state(ckpt["representation"])          # what a checkpoint stored
+
+See base.py for the interface. Adding a representation: a file with its class, a line below.
+"""
+from representations.base import NORMS, TARGETS, Representation  # noqa: F401
+from representations.magphase import MagPhase
+from representations.pixels import Pixels
+from representations.realimag import RealImag
+
+REGISTRY = {cls.name: cls for cls in (RealImag, MagPhase, Pixels)}
+
+
+def names(statistics_only=False):
+    """Registered names; with statistics_only, those that need dataset statistics."""
+    return tuple(n for n, cls in REGISTRY.items() if cls.needs_statistics or not statistics_only)
+
+
+def get_class(name):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown representation {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def make(name, target="diff", norm="perfreq_std", crop=64, log=True, stats=None):
+    return get_class(name)(target, norm, crop, log, stats)
+
+
+def from_state(state):
+    return get_class(state["name"]).from_state(state)

@@ -1,0 +1,122 @@
+"""The loss objects of losses.py: what each measures, condition dropout, and the draws."""
+import numpy as np
+import pytest
+import torch
+
+import representations
+from diffusion import Diffusion
+from losses import IMAGE_UNIT, LOSSES, ImageLoss, MixLoss, ModelLoss, make_loss
+
+
+def _rep(crop=8, name="realimag", log=True):
+    rep = representations.make(name, "diff", "perfreq_std", crop, log)
+    if not rep.needs_statistics:
+        return rep
+    shape = rep.shape(crop, crop)
+    rng = np.random.default_rng(0)
+    lo = -1 - rng.random(shape)
+    hi = 1 + rng.random(shape)
+    return representations.make(name, "diff", "perfreq_std", crop, log,
+                                {"ranges": {"target": (lo, hi), "cond": (lo, hi)}})
+
+
+def _batch(rep, b=4, crop=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.rand(b, 3, crop, crop, generator=g, dtype=torch.float64)
+    rain = (clean + 0.3 * (torch.rand(b, 3, crop, crop, generator=g) < 0.1)).clamp(0, 1)
+    target, cond = rep.encode(clean, rain)
+    return {"target": target.float(), "cond": cond.float(), "rain": rain.float(),
+            "clean": clean.float()}
+
+
+class Fixed(torch.nn.Module):
+    """Returns a fixed prediction (a parameter, so gradients can be checked)."""
+
+    def __init__(self, shape, seed=1):
+        super().__init__()
+        self.out = torch.nn.Parameter(torch.randn(shape, generator=torch.Generator()
+                                                  .manual_seed(seed)))
+        self.seen = []
+
+    def forward(self, x, t, cond):
+        self.seen.append((x, t, cond))
+        return self.out
+
+
+def test_model_loss_is_the_mse_of_the_prediction_target():
+    rep, d = _rep(), Diffusion(1000, prediction="v")
+    batch = _batch(rep)
+    net = Fixed(batch["target"].shape)
+    loss = ModelLoss(d, rep)(net, batch, torch.Generator().manual_seed(5))
+    # the same draws, in the documented order: t, then the noise
+    g = torch.Generator().manual_seed(5)
+    t = torch.randint(0, 1000, (4,), generator=g)
+    noise = torch.randn(batch["target"].shape, generator=g)
+    torch.testing.assert_close(net.seen[0][1], t)
+    torch.testing.assert_close(net.seen[0][0], d.q_sample(batch["target"], t, noise))
+    torch.testing.assert_close(loss, (net.out - d.target_for(batch["target"], t, noise)) ** 2)
+
+
+@pytest.mark.parametrize("name", representations.names())
+def test_image_loss_measures_the_decoded_x0_estimate_against_the_clean_window(name):
+    rep, d = _rep(name=name), Diffusion(1000, prediction="x0")
+    batch = _batch(rep)
+    # a perfect x0 prediction costs nothing in image space...
+    exact = Fixed(batch["target"].shape)
+    exact.out.data = batch["target"].clone()
+    assert ImageLoss(d, rep)(exact, batch).max() < 1e-8
+    # ...and any other is the squared image error of its decoding, in units of IMAGE_UNIT^2
+    net = Fixed(batch["target"].shape)
+    loss = ImageLoss(d, rep)(net, batch)
+    image = rep.decode(net.out.detach().double(), batch["rain"].double())
+    expected = (image - batch["clean"].double()) ** 2 / IMAGE_UNIT ** 2
+    assert loss.shape == batch["clean"].shape
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-3, atol=1e-4)  # float32
+    loss.mean().backward()
+    assert torch.isfinite(net.out.grad).all() and net.out.grad.abs().sum() > 0
+
+
+def test_image_loss_of_the_linear_spectrum_weighs_frequencies_by_their_image_cost():
+    # linear realimag: a unit error at frequency f costs its half-range (hi - lo) / 2 in the
+    # orthonormal spectrum, so (Parseval) high-variance frequencies cost more image MSE
+    rep, d = _rep(log=False), Diffusion(1000, prediction="x0")
+    batch = _batch(rep)
+    lo, hi = rep.ranges["target"]
+    span = (hi - lo) / 2
+    costs = []
+    for pos in (np.unravel_index(np.argmax(span[0]), span[0].shape),
+                np.unravel_index(np.argmin(span[0]), span[0].shape)):
+        net = Fixed(batch["target"].shape)
+        net.out.data = batch["target"].clone()
+        net.out.data[:, 0, pos[0], pos[1]] += 1.0
+        costs.append(ImageLoss(d, rep)(net, batch).mean().item())
+    assert costs[0] > costs[1] * (span[0].max() / span[0].min()) ** 2 * 0.5
+
+
+def test_mix_loss_is_the_weighted_sum_of_its_parts():
+    rep, d = _rep(), Diffusion(1000, prediction="eps")
+    batch = _batch(rep)
+    net = Fixed(batch["target"].shape)
+    parts = [cls(d, rep)(net, batch, torch.Generator().manual_seed(2)).mean().item()
+             for cls in (ModelLoss, ImageLoss)]
+    mix = MixLoss(d, rep, mix=0.3)(net, batch, torch.Generator().manual_seed(2)).mean().item()
+    assert mix == pytest.approx(0.7 * parts[0] + 0.3 * parts[1], rel=1e-5)
+
+
+def test_condition_dropout_zeroes_the_condition():
+    rep, d = _rep(), Diffusion(1000)
+    batch = _batch(rep, b=200)
+    net = Fixed(batch["target"].shape)
+    ModelLoss(d, rep, p_uncond=0.3)(net, batch, torch.Generator().manual_seed(0))
+    dropped = (net.seen[0][2].abs().sum(dim=(1, 2, 3)) == 0).float().mean().item()
+    assert 0.2 < dropped < 0.4
+
+
+def test_losses_are_chosen_by_name():
+    rep, d = _rep(), Diffusion(1000)
+    cfg = {"loss": "mix", "loss_mix": 0.25, "p_uncond": 0.1}
+    loss = make_loss(cfg, d, rep)
+    assert isinstance(loss, MixLoss) and loss.mix == 0.25 and loss.p_uncond == 0.1
+    assert set(LOSSES) == {"model", "image", "mix"}
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss({**cfg, "loss": "l1"}, d, rep)
