@@ -9,8 +9,9 @@ from representations.base import NORMS, TARGETS, Representation  # noqa: F401
 from representations.magphase import MagPhase
 from representations.pixels import Pixels
 from representations.realimag import RealImag
+from representations.rfft2 import Rfft2
 
-REGISTRY = {cls.name: cls for cls in (RealImag, MagPhase, Pixels)}
+REGISTRY = {cls.name: cls for cls in (RealImag, MagPhase, Rfft2, Pixels)}
 
 
 def names(statistics_only=False):
