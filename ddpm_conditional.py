@@ -782,9 +782,9 @@ def setup(cfg, env, log=print):
     cfg.update(env.broadcast_object(cfg))  # the other ranks read rank 0's data paths
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"] + env.rank)
-    np.random.seed((cfg["seed"] + env.rank) % 2 ** 32)
-    random.seed(cfg["seed"] + env.rank)
+    torch.manual_seed(hash_seed("init", cfg["seed"], env.rank))  # the model's initial weights
+    np.random.seed(hash_seed("numpy", cfg["seed"], env.rank) % 2 ** 32)
+    random.seed(hash_seed("python", cfg["seed"], env.rank))
     run_dir = Path(cfg["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     parts = Parts(cfg, env)

@@ -138,7 +138,8 @@ class Derainer:
                 cond = torch.from_numpy(np.ascontiguousarray(cond)).to(self.device, dtype)
                 x_T = torch.stack([torch.randn(cond.shape[1:], dtype=dtype,
                                                generator=torch.Generator().manual_seed(
-                                                   base + i + k)) for k in range(len(chunk))])
+                                                   hash_seed("window", base, i + k)))
+                                   for k in range(len(chunk))])
                 gen = sample(self.model, cond, self.diffusion, s["sampler"], s["sample_steps"],
                              s["eta"], s["guidance"], generator, s["clip_x0"] or None, x_T=x_T)
                 derained = rep.decode(gen.double().cpu().numpy(), windows)  # (B, 3, crop, crop)

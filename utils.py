@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from helpers.seeding import hash_seed
 from helpers.statistics import load_pair, read_pairs
 from sampling import pad_to
 
@@ -76,7 +77,7 @@ class StreamSampler(torch.utils.data.Sampler):
         per_epoch = self.n // self.world or 1
         epoch, pos = divmod(self.start, per_epoch)
         while True:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(hash_seed("epoch", self.seed, epoch))
             perm = torch.randperm(self.n, generator=g).tolist()
             mine = (perm * self.world)[self.rank::self.world][:per_epoch]
             for k in range(pos, per_epoch):
