@@ -141,11 +141,9 @@ def run_model(args, name):
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convs
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    cls = representations.get_class(cfg["representation"])
-    rep = cls(cfg["target"], cfg["norm"], cfg["crop"], cfg["signed_log"])
-    if cls.needs_statistics:
-        rep = cls(cfg["target"], cfg["norm"], cfg["crop"], cfg["signed_log"],
-                  unit_ranges(rep, args.size))
+    rep = representations.from_config(cfg)
+    if rep.needs_statistics:
+        rep = representations.from_config(cfg, unit_ranges(rep, args.size))
     parts = Parts(cfg, env, representation=rep)
     step = TrainStep(cfg, parts, env)
     stream = itertools.repeat(random_batch(rep, args.batch, args.size, env.device))
@@ -221,9 +219,8 @@ def time_loader(args):
 
     t0 = time.perf_counter()
     try:
-        cfg = launch()
-        rep = representations.make(args.representation, cfg["target"], cfg["norm"], args.size,
-                                   cfg["signed_log"], load_statistics(args.stats))
+        cfg = {**launch(), "representation": args.representation, "crop": args.size}
+        rep = representations.from_config(cfg, load_statistics(args.stats))
         ds = FFTDataset(args.csv, rep, train=True)
     except (ValueError, OSError) as e:  # a wrong path or mismatched statistics: report it
         return failed(e)

@@ -28,6 +28,10 @@ VERSION = 2
 LOAD_ERRORS = (RuntimeError, OSError, EOFError, KeyError, ValueError, UnicodeDecodeError,
                pickle.UnpicklingError, zipfile.BadZipFile)
 REQUIRED = ("step", "model", "config", "model_config", "representation")
+# Config keys added after version 2 was introduced, with the value that reproduces what a
+# checkpoint without them did.
+ADDED_KEYS = {"process": "diffusion", "network": "unet", "coupled": False, "bridge_noise": 0.1,
+              "norm_gamma": 0.5, "block": 8}
 
 
 class CheckpointError(ValueError):
@@ -67,6 +71,7 @@ def load_checkpoint(path, map_location="cpu"):
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r}, this code "
                               f"reads version {VERSION}; update the repository")
+    ckpt["config"] = {**ADDED_KEYS, **ckpt.get("config", {})}
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is incomplete (no {', '.join(missing)}); use "
@@ -84,7 +89,7 @@ def _from_version_1(ckpt):
     if model_config.pop("freq_coords", False):
         model_config["cond_channels"] += 3
     cfg = {"loss": "model", "loss_mix": 0.5, "ensemble": 1, "sample_batch": 32,
-           "signed_log": codec["log"], **ckpt["config"], "representation": name}
+           "signed_log": codec["log"], **ADDED_KEYS, **ckpt["config"], "representation": name}
     cfg.pop("domain", None)
     rep = {k: codec[k] for k in ("target", "norm", "crop", "log")}
     rep.update(name=name, **({"ranges": codec["ranges"]} if codec.get("ranges") else {}))
@@ -102,13 +107,13 @@ def model_from_checkpoint(ckpt, ema=True):
     """(model in eval mode, representation, diffusion, config) from a loaded checkpoint; the EMA
     weights unless ema=False."""
     import representations
-    from diffusion import Diffusion
+    from diffusion import make_process
     from modules import build_network
     where = ckpt.get("path", "checkpoint")
     cfg = ckpt["config"]
     try:
         rep = representations.from_state(ckpt["representation"])
-        diffusion = Diffusion(cfg["timesteps"], cfg["schedule"], cfg["prediction"])
+        diffusion = make_process(cfg)
         model = build_network(cfg, rep, trunk_config=ckpt["model_config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: checkpoint is inconsistent ({type(e).__name__}: "

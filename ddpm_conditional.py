@@ -35,10 +35,10 @@ from torch.optim.swa_utils import AveragedModel
 
 import representations
 from checkpoint import CheckpointError, ckpt_paths, load_checkpoint, save_checkpoint
-from diffusion import Diffusion
+from diffusion import PROCESSES, make_process
 from helpers.seeding import hash_seed
 from losses import make_loss
-from modules import build_network
+from modules import NETWORKS, build_network
 from utils import get_data
 
 REPO = Path(__file__).resolve().parent
@@ -54,19 +54,29 @@ def launch():
         csv="",                  # training pairs CSV (preprocess_csv.py); set by the preset
         val_csv="",              # held-out pairs CSV for validation and the final evaluation
         stats="",                # statistics JSON (get_fft_statistics_log.py); made if missing
-        representation="realimag",  # realimag | magphase | pixels: what the model's channels
-                                 # hold (representations/; pixels: the same UNet on pixels)
+        representation="realimag",  # realimag | magphase | rfft2 | blockdct | pixels: what the
+                                 # model's channels hold (representations/; pixels: the same
+                                 # UNet on pixels, the reference)
         signed_log=True,         # sign(x) log1p(|x|) on the spectrum (false: linear values)
+        block=8,                 # blockdct: the block size (coefficients as channels)
         target="diff",           # diff: generate FFT(clean) - FFT(rain) | clean: FFT(clean)
         norm="perfreq_std",      # perfreq_std | perfreq | global_std | global: per frequency or
-                                 # per channel; mean -+ 2 std (_std) or min/max -> [-1, 1]
+                                 # per channel, mean -+ 2 std (_std) or min/max -> [-1, 1];
+                                 # scalar_std: one scale | partial_std: std_f ^ norm_gamma
+        norm_gamma=0.5,          # partial_std's exponent (1: perfreq_std, 0: scalar_std)
         crop=64,                 # training window; derain.py tiles images with this window
         num_workers=2,           # data-loader processes
         # ---- model (a preset of modules.MODEL_PRESETS, plus overrides of its arguments)
         model="small",           # small | default | large
         model_args={},           # e.g. {"base_channels": 96}: overrides of the preset
+        network="unet",          # unet: 3x3 U-Net over the representation's channels | ffc: with
+                                 # a global Fourier branch per block | pixel_trunk: decode to
+                                 # pixels, U-Net, encode back (needs x0 output); modules.py
         freq_coords=True,        # the representation's constant inputs (frequency coordinates)
-        # ---- diffusion and loss
+        # ---- process and loss
+        process="diffusion",     # diffusion: from pure noise | bridge: from the rainy input |
+                                 # regression: one pass, no process (diffusion.py)
+        bridge_noise=0.1,        # the bridge's noise scale
         timesteps=1000,          # training noise levels
         schedule="cosine",       # cosine | linear
         prediction="v",          # eps | x0 | v: what the network outputs
@@ -100,6 +110,8 @@ def launch():
         clip_x0=5.0,             # bound the x0 estimate while sampling (0: off)
         ensemble=1,              # samples averaged per window
         sample_batch=32,         # windows per forward pass when deraining
+        coupled=False,           # sample all windows of an image together, blending their x0
+                                 # estimates in image space at every step
         # ---- logging and checkpoints
         run_dir="",              # outputs; default runs/<preset>-<fft|pixel>
         log_every=25,            # steps between log lines
@@ -129,6 +141,7 @@ PRESET_SPLITS = {"rain100l": (("Rain100L",), 50), "rain100h": (("Rain100H",), 50
 CHOICES = {"representation": representations.names(), "target": representations.TARGETS,
            "norm": representations.NORMS, "schedule": ("cosine", "linear"),
            "prediction": ("eps", "x0", "v"), "loss": ("model", "image", "mix"),
+           "network": NETWORKS, "process": PROCESSES,
            "sampler": ("ddim", "ddpm"), "amp": ("bf16", "fp16", "none")}
 EXIT_STOPPED, EXIT_NON_FINITE, EXIT_OUT_OF_SYNC = 3, 4, 5
 
@@ -194,6 +207,10 @@ def resolve_config(argv=None):
     for key, allowed in CHOICES.items():
         if cfg[key] not in allowed:
             ap.error(f"--{key.replace('_', '-')} {cfg[key]!r}: choose one of {', '.join(allowed)}")
+    if cfg["network"] == "pixel_trunk" and cfg["process"] == "diffusion" and \
+            cfg["prediction"] != "x0":
+        ap.error("--network pixel_trunk outputs an x0 estimate: use --prediction x0 (or "
+                 "--process bridge / regression)")
     if cfg["csv"] and preset == "synthetic" and "preset" not in given \
             and "preset" not in file_cfg:
         cfg["preset"] = "custom"
@@ -216,7 +233,9 @@ def stats_path(cfg):
     """Where the statistics of cfg's training CSV and representation settings live."""
     stem = Path(cfg["csv"]).with_suffix("")
     linear = "" if cfg["signed_log"] else "_linear"
-    return f"{stem}_stats_{cfg['representation']}{linear}_{cfg['crop']}.json"
+    opts = "".join(f"_{k}{cfg[k]}" for k in representations.get_class(cfg["representation"])
+                   .options)
+    return f"{stem}_stats_{cfg['representation']}{linear}{opts}_{cfg['crop']}.json"
 
 
 def prepare_data(cfg, log=print):
@@ -268,9 +287,11 @@ def prepare_data(cfg, log=print):
     if needs_stats and not Path(cfg["stats"]).exists():
         from helpers.statistics import compute_statistics, save_statistics
         log(f"computing statistics of {cfg['csv']} -> {cfg['stats']}")
+        cls = representations.get_class(cfg["representation"])
         stats, freq, errors = compute_statistics(cfg["csv"], cfg["representation"], cfg["crop"],
                                                  cfg["signed_log"],
-                                                 workers=max(1, cfg["num_workers"]))
+                                                 workers=max(1, cfg["num_workers"]),
+                                                 options={k: cfg[k] for k in cls.options})
         for e in errors:
             log(f"skipped: {e}")
         save_statistics(stats, freq, cfg["stats"])
@@ -282,12 +303,11 @@ def prepare_data(cfg, log=print):
 
 def make_representation(cfg):
     """The representation of a resolved config, with its statistics when it needs them."""
-    cls = representations.get_class(cfg["representation"])
     stats = None
-    if cls.needs_statistics:
+    if representations.get_class(cfg["representation"]).needs_statistics:
         from helpers.statistics import load_statistics
         stats = load_statistics(cfg["stats"])
-    return cls(cfg["target"], cfg["norm"], cfg["crop"], cfg["signed_log"], stats)
+    return representations.from_config(cfg, stats)
 
 
 # ===================================================================== processes and devices
@@ -360,7 +380,7 @@ class Parts:
 
     def __init__(self, cfg, env, representation=None):
         self.rep = representation if representation is not None else make_representation(cfg)
-        self.diffusion = Diffusion(cfg["timesteps"], cfg["schedule"], cfg["prediction"])
+        self.diffusion = make_process(cfg)
         model = build_network(cfg, self.rep).to(env.device)
         if cfg["channels_last"]:
             model = model.to(memory_format=torch.channels_last)

@@ -1,11 +1,22 @@
-"""The diffusion process: schedules, q_sample, parameterisations, and the DDPM and DDIM samplers.
+"""The generative processes (`--process`): schedules, noising, parameterisations, samplers.
 
 Nothing here knows about data, files or the training loop (the losses are in losses.py). A
 sampler is a plain function of (model, condition, steps, generator) returning the generated
 target, in the model's normalised space; the representation turns it into an image.
 
-    model(x_t, t, cond) -> the prediction named by `prediction`:
-        "eps": the noise,  "x0": the clean target,  "v": sqrt(abar) eps - sqrt(1 - abar) x0
+    diffusion   Diffusion: from pure noise to the target (DDPM / DDIM), the default.
+                model(x_t, t, cond) -> the prediction named by `prediction`:
+                "eps": the noise,  "x0": the clean target,  "v": sqrt(abar) eps - sqrt(1 - abar) x0
+    bridge      Bridge: from the rainy input to the target, x_t = (1 - s) x0 + s start +
+                noise sqrt(s (1 - s)) eps with s = (t + 1) / T; sampling starts at the rainy
+                image itself (InDI / residual bridges), made for a few steps. Predicts x0.
+    regression  Regression: no process; one forward pass from the rainy input predicts x0.
+
+Every process offers the same few methods to the losses and to sampling: draw (t and noise for a
+training batch), train_input (the network's input x_t), train_target (what it should output),
+x0_estimate (its x0 from an output) and sample. `start` is the target that says "the clean image
+is the rainy one" (the representation's encoding of the pair (rain, rain)): zero change for a
+diff target.
 """
 import math
 
@@ -31,6 +42,9 @@ def linear_beta_schedule(timesteps, beta_start=1e-4, beta_end=0.02):
 
 class Diffusion:
     """Holds the schedule (float64 on the CPU; gathered values are cast to the input's dtype)."""
+
+    name = "diffusion"
+    needs_start = False
 
     def __init__(self, timesteps=1000, schedule="cosine", prediction="v"):
         if schedule not in SCHEDULES:
@@ -74,6 +88,136 @@ class Diffusion:
             eps = (1 - a).sqrt() * x_t + a.sqrt() * out
         return x0, eps
 
+    # ------------------------------------------------------------ the process interface
+    def draw(self, x0, generator=None):
+        t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator,
+                          device=x0.device)
+        return t, torch.randn(x0.shape, generator=generator, device=x0.device)
+
+    def train_input(self, x0, start, t, noise):
+        return self.q_sample(x0, t, noise)
+
+    def train_target(self, x0, t, noise):
+        return self.target_for(x0, t, noise)
+
+    def x0_estimate(self, out, x_t, t):
+        return self.split(out, x_t, t)[0]
+
+    def sample(self, model, cond, start=None, sampler="ddim", steps=20, eta=0.0, guidance=1.0,
+               generator=None, clip=None, x_T=None, hook=None):
+        if sampler == "ddim":
+            return ddim_sample(model, cond, self, steps, eta, guidance, generator, clip, x_T, hook)
+        if sampler == "ddpm":
+            return ddpm_sample(model, cond, self, steps, guidance, generator, clip, x_T, hook)
+        raise ValueError(f"unknown sampler {sampler!r}; choose ddim or ddpm")
+
+
+class Bridge:
+    """From the rainy input to the clean target: x_t = (1 - s_t) x0 + s_t start +
+    noise sqrt(s_t (1 - s_t)) eps, s_t = (t + 1) / T, so x_{T-1} is the rainy input itself and
+    x_0 is within 1/T of the target. The network predicts x0. Sampling (deterministic with
+    eta = 0) starts at `start` and moves towards each x0 estimate along the bridge, keeping the
+    implied noise (the DDIM idea on a bridge); eta > 0 redraws that fraction of it."""
+
+    name = "bridge"
+    needs_start = True
+    prediction = "x0"
+
+    def __init__(self, timesteps=1000, noise=0.1):
+        self.timesteps, self.noise = int(timesteps), float(noise)
+
+    def _s(self, t, like):
+        s = (t.to(like.dtype) + 1) / self.timesteps
+        return s.view(-1, *([1] * (like.dim() - 1)))
+
+    def draw(self, x0, generator=None):
+        t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator,
+                          device=x0.device)
+        return t, torch.randn(x0.shape, generator=generator, device=x0.device)
+
+    def _sigma(self, s):
+        return self.noise * (s * (1 - s)).clamp(min=0).sqrt()
+
+    def train_input(self, x0, start, t, noise):
+        s = self._s(t, x0)
+        return (1 - s) * x0 + s * start + self._sigma(s) * noise
+
+    def train_target(self, x0, t, noise):
+        return x0
+
+    def x0_estimate(self, out, x_t, t):
+        return out
+
+    @torch.no_grad()
+    def sample(self, model, cond, start=None, sampler="ddim", steps=4, eta=0.0, guidance=1.0,
+               generator=None, clip=None, x_T=None, hook=None):
+        if start is None:
+            raise ValueError("the bridge starts from the rainy input: pass start")
+        x = start.to(cond.dtype)
+        ts = _timesteps(self, steps)
+        for i, t_now in enumerate(ts):
+            t = torch.full((cond.shape[0],), t_now, device=cond.device, dtype=torch.long)
+            x0 = _guided(model, x, t, cond, guidance).to(x.dtype)
+            if clip:
+                x0 = x0.clamp(-clip, clip)
+            if hook is not None:
+                x0 = hook(x0, t_now)
+            if i == len(ts) - 1:
+                return x0
+            s, s_next = self._s(t, x), self._s(torch.full_like(t, ts[i + 1]), x)
+            sig, sig_next = self._sigma(s), self._sigma(s_next)
+            eps = torch.where(sig > 0, (x - (1 - s) * x0 - s * start) / sig.clamp(min=1e-12),
+                              torch.zeros_like(x))
+            if eta > 0:
+                fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                eps = (1 - eta ** 2) ** 0.5 * eps + eta * fresh
+            x = (1 - s_next) * x0 + s_next * start + sig_next * eps
+        return x
+
+
+class Regression:
+    """No generative process: one forward pass from the rainy input (x = start, t = 0) predicts
+    x0. The plain regression network every diffusion result is read against."""
+
+    name = "regression"
+    needs_start = True
+    prediction = "x0"
+    timesteps = 1
+
+    def draw(self, x0, generator=None):
+        return torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device), None
+
+    def train_input(self, x0, start, t, noise):
+        return start
+
+    def train_target(self, x0, t, noise):
+        return x0
+
+    def x0_estimate(self, out, x_t, t):
+        return out
+
+    @torch.no_grad()
+    def sample(self, model, cond, start=None, sampler="ddim", steps=1, eta=0.0, guidance=1.0,
+               generator=None, clip=None, x_T=None, hook=None):
+        t = torch.zeros(cond.shape[0], device=cond.device, dtype=torch.long)
+        x0 = model(start.to(cond.dtype), t, cond).to(cond.dtype)
+        return x0.clamp(-clip, clip) if clip else x0
+
+
+PROCESSES = ("diffusion", "bridge", "regression")
+
+
+def make_process(cfg):
+    """The process named by cfg['process'] with its settings."""
+    name = cfg.get("process", "diffusion")
+    if name == "diffusion":
+        return Diffusion(cfg["timesteps"], cfg["schedule"], cfg["prediction"])
+    if name == "bridge":
+        return Bridge(cfg["timesteps"], cfg.get("bridge_noise", 0.1))
+    if name == "regression":
+        return Regression()
+    raise ValueError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}")
+
 
 def _guided(model, x, t, cond, guidance):
     """Classifier-free guidance: uncond + w (cond - uncond); w = 1 is the plain conditional model
@@ -94,18 +238,20 @@ def _timesteps(diffusion, steps):
 
 @torch.no_grad()
 def ddim_sample(model, cond, diffusion, steps=20, eta=0.0, guidance=1.0, generator=None,
-                clip=None, x_T=None):
+                clip=None, x_T=None, hook=None):
     """DDIM (Song et al. 2021) with `steps` network evaluations; eta = 0 is deterministic given
     the initial noise, eta = 1 matches DDPM's variance. Returns x0 with the shape of `cond`'s
     batch and the model's channels (taken from cond). clip: bound the x0 estimate to [-c, c].
-    x_T: the initial noise (default: drawn from `generator`)."""
+    x_T: the initial noise (default: drawn from `generator`). hook(x0, t): replaces each x0
+    estimate (e.g. windows of one image made to agree), the noise estimate follows it."""
     x = _initial(cond, generator, x_T)
     ts = _timesteps(diffusion, steps)
     for i, t_now in enumerate(ts):
         t = torch.full((cond.shape[0],), t_now, device=cond.device, dtype=torch.long)
         x0, eps = diffusion.split(_guided(model, x, t, cond, guidance).to(x.dtype), x, t)
-        if clip:
-            x0 = x0.clamp(-clip, clip)
+        if clip or hook is not None:
+            x0 = x0.clamp(-clip, clip) if clip else x0
+            x0 = hook(x0, t_now) if hook is not None else x0
             eps = (x - diffusion._abar(t, x).sqrt() * x0) / (1 - diffusion._abar(t, x)).sqrt()
         if i == len(ts) - 1:
             x = x0
@@ -120,7 +266,7 @@ def ddim_sample(model, cond, diffusion, steps=20, eta=0.0, guidance=1.0, generat
 
 @torch.no_grad()
 def ddpm_sample(model, cond, diffusion, steps=None, guidance=1.0, generator=None, clip=None,
-                x_T=None):
+                x_T=None, hook=None):
     """Ancestral sampling (Ho et al. 2020). With steps < T the same posterior is taken between
     the strided timesteps (the respacing of Nichol & Dhariwal 2021); steps=None uses all T."""
     steps = diffusion.timesteps if steps is None else steps
@@ -131,6 +277,8 @@ def ddpm_sample(model, cond, diffusion, steps=None, guidance=1.0, generator=None
         x0, _ = diffusion.split(_guided(model, x, t, cond, guidance).to(x.dtype), x, t)
         if clip:
             x0 = x0.clamp(-clip, clip)
+        if hook is not None:
+            x0 = hook(x0, t_now)
         if i == len(ts) - 1:
             return x0
         a_t = diffusion._abar(t, x)
@@ -150,11 +298,8 @@ def _initial(cond, generator, x_T):
     return torch.randn(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
 
 
-def sample(model, cond, diffusion, sampler="ddim", steps=20, eta=0.0, guidance=1.0,
-           generator=None, clip=None, x_T=None):
-    """Dispatch to ddim_sample or ddpm_sample by name."""
-    if sampler == "ddim":
-        return ddim_sample(model, cond, diffusion, steps, eta, guidance, generator, clip, x_T)
-    if sampler == "ddpm":
-        return ddpm_sample(model, cond, diffusion, steps, guidance, generator, clip, x_T)
-    raise ValueError(f"unknown sampler {sampler!r}; choose ddim or ddpm")
+def sample(model, cond, process, sampler="ddim", steps=20, eta=0.0, guidance=1.0,
+           generator=None, clip=None, x_T=None, start=None, hook=None):
+    """Sample with any process (Diffusion: ddim or ddpm by name; Bridge; Regression)."""
+    return process.sample(model, cond, start, sampler, steps, eta, guidance, generator, clip,
+                          x_T, hook)

@@ -3,13 +3,14 @@
     loss = make_loss(cfg, diffusion, representation)
     per_element = loss(net, batch, generator)       # the training loop takes its mean
 
-A loss draws the diffusion time and the noise of each sample from `generator` (in that order, so
-a resumed run draws what the uninterrupted one would have), noises the batch's target, calls the
+A loss draws the time and the noise of each sample from `generator` through the process
+(diffusion.py; in that order, so a resumed run draws what the uninterrupted one would have), makes
+the network's input (the noised target, or a point on the bridge from the rainy input), calls the
 network and compares. The batch (utils.FFTDataset) carries the rainy and clean windows as well,
 so a loss can decode the network's x0 estimate and measure it in image space.
 
-    model  MSE of the network's output in the model's space (the prediction named by
-           --prediction: eps, x0 or v), the usual diffusion loss.
+    model  MSE of the network's output in the model's space (what the process asks for: the
+           prediction named by --prediction, eps, x0 or v, for a diffusion; x0 otherwise).
     image  MSE of the decoded x0 estimate against the clean window, in image space. With the
            orthonormal FFT this is the squared error of the linear spectrum (Parseval), so every
            frequency is weighted by what it costs in PSNR; the signed log and the per-frequency
@@ -34,20 +35,23 @@ def drop_condition(cond, p_uncond, generator):
 
 
 class DiffusionLoss:
-    """Draw (t, noise), noise the target, run the network; subclasses compare (per_element)."""
+    """Draw (t, noise), make the network's input, run the network; subclasses compare
+    (per_element). `process` is a diffusion.Diffusion, Bridge or Regression."""
 
     name = ""
 
-    def __init__(self, diffusion, representation, p_uncond=0.0):
-        self.diffusion, self.rep, self.p_uncond = diffusion, representation, float(p_uncond)
+    def __init__(self, process, representation, p_uncond=0.0):
+        self.process, self.rep, self.p_uncond = process, representation, float(p_uncond)
 
     def __call__(self, net, batch, generator=None):
         x0, cond = batch["target"], batch["cond"]
-        t = torch.randint(0, self.diffusion.timesteps, (x0.shape[0],), generator=generator,
-                          device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        t, noise = self.process.draw(x0, generator)
         cond = drop_condition(cond, self.p_uncond, generator)
-        x_t = self.diffusion.q_sample(x0, t, noise)
+        start = None
+        if self.process.needs_start:  # the rainy end: the encoding of the pair (rain, rain)
+            with torch.autocast(x0.device.type, enabled=False):
+                start = self.rep.encode(batch["rain"].float(), batch["rain"].float())[0]
+        x_t = self.process.train_input(x0, start, t, noise)
         pred = net(x_t, t, cond)
         return self.per_element(pred, batch, x_t, t, noise)
 
@@ -59,7 +63,7 @@ class ModelLoss(DiffusionLoss):
     name = "model"
 
     def per_element(self, pred, batch, x_t, t, noise):
-        target = self.diffusion.target_for(batch["target"], t, noise)
+        target = self.process.train_target(batch["target"], t, noise)
         return (pred.float() - target.float()) ** 2
 
 
@@ -69,7 +73,7 @@ class ImageLoss(DiffusionLoss):
     def per_element(self, pred, batch, x_t, t, noise):
         # the decode runs in float32 outside autocast: FFTs in bf16 are not supported
         with torch.autocast(pred.device.type, enabled=False):
-            x0_hat, _ = self.diffusion.split(pred.float(), x_t.float(), t)
+            x0_hat = self.process.x0_estimate(pred.float(), x_t.float(), t)
             image = self.rep.decode(x0_hat, batch["rain"].float())
             return (image - batch["clean"].float()) ** 2 / IMAGE_UNIT ** 2
 
@@ -81,10 +85,10 @@ class MixLoss(DiffusionLoss):
 
     name = "mix"
 
-    def __init__(self, diffusion, representation, p_uncond=0.0, mix=0.5):
-        super().__init__(diffusion, representation, p_uncond)
+    def __init__(self, process, representation, p_uncond=0.0, mix=0.5):
+        super().__init__(process, representation, p_uncond)
         self.mix = float(mix)
-        self.parts = (ModelLoss(diffusion, representation), ImageLoss(diffusion, representation))
+        self.parts = (ModelLoss(process, representation), ImageLoss(process, representation))
 
     def per_element(self, pred, batch, x_t, t, noise):
         m, i = (p.per_element(pred, batch, x_t, t, noise).flatten(1) for p in self.parts)
@@ -96,10 +100,10 @@ class MixLoss(DiffusionLoss):
 LOSSES = {cls.name: cls for cls in (ModelLoss, ImageLoss, MixLoss)}
 
 
-def make_loss(cfg, diffusion, representation):
+def make_loss(cfg, process, representation):
     """The loss named by cfg['loss'] (with cfg['p_uncond'] and, for mix, cfg['loss_mix'])."""
     name = cfg["loss"]
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     kw = {"mix": cfg["loss_mix"]} if name == "mix" else {}
-    return LOSSES[name](diffusion, representation, cfg.get("p_uncond", 0.0), **kw)
+    return LOSSES[name](process, representation, cfg.get("p_uncond", 0.0), **kw)

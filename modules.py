@@ -95,7 +95,7 @@ class ResBlock(nn.Module):
     (FiLM / "scale-shift norm"): stronger conditioning than adding a bias, at the same cost.
     """
 
-    def __init__(self, in_ch, out_ch, time_dim, groups, dropout=0.0):
+    def __init__(self, in_ch, out_ch, time_dim, groups, dropout=0.0, spectral=False):
         super().__init__()
         self.norm1 = norm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
@@ -104,14 +104,35 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.fourier = FourierUnit(out_ch) if spectral else None
 
     def forward(self, x, temb):
         # x: (B, Cin, H, W); temb: (B, T) already passed through SiLU
         h = self.conv1(F.silu(self.norm1(x)))  # (B, Cout, H, W)
         scale, shift = self.time_proj(temb)[:, :, None, None].chunk(2, dim=1)  # 2 x (B, Cout, 1, 1)
-        h = self.norm2(h) * (1 + scale) + shift  # (B, Cout, H, W)
-        h = self.conv2(self.dropout(F.silu(h)))  # (B, Cout, H, W)
-        return self.skip(x) + h  # (B, Cout, H, W)
+        h = self.dropout(F.silu(self.norm2(h) * (1 + scale) + shift))  # (B, Cout, H, W)
+        out = self.conv2(h)  # (B, Cout, H, W)
+        if self.fourier is not None:  # the global branch beside the local 3x3 one
+            out = out + self.fourier(h)
+        return self.skip(x) + out  # (B, Cout, H, W)
+
+
+class FourierUnit(nn.Module):
+    """The global branch of a Fast Fourier Convolution (Chi et al. 2020): a 1x1 convolution of
+    the feature map's real FFT (real and imaginary parts as channels), transformed back, so every
+    output pixel sees the whole map. On a spectrum input it is a convolution in image space."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(2 * channels, 2 * channels, 1)
+
+    def forward(self, h):
+        size = h.shape[-2:]
+        with torch.autocast(h.device.type, enabled=False):  # no FFTs in bf16
+            f = torch.fft.rfft2(h.float(), norm="ortho")  # (B, C, H, W // 2 + 1) complex
+            re, im = self.conv(torch.cat([f.real, f.imag], dim=1)).chunk(2, dim=1)
+            out = torch.fft.irfft2(torch.complex(re, im), s=size, norm="ortho")
+        return out.to(h.dtype)  # (B, C, H, W)
 
 
 class AttnBlock(nn.Module):
@@ -174,12 +195,14 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """The blocks of one resolution level: ResBlocks, each optionally followed by attention."""
 
-    def __init__(self, in_ch, out_ch, n_blocks, time_dim, groups, dropout, attn, heads):
+    def __init__(self, in_ch, out_ch, n_blocks, time_dim, groups, dropout, attn, heads,
+                 spectral=False):
         super().__init__()
         self.res = nn.ModuleList()
         self.attn = nn.ModuleList()
         for i in range(n_blocks):
-            self.res.append(ResBlock(in_ch if i == 0 else out_ch, out_ch, time_dim, groups, dropout))
+            self.res.append(ResBlock(in_ch if i == 0 else out_ch, out_ch, time_dim, groups, dropout,
+                                     spectral))
             self.attn.append(AttnBlock(out_ch, heads, groups) if attn else nn.Identity())
 
     def forward(self, x, temb):
@@ -207,12 +230,14 @@ class UNet_conditional(nn.Module):
         attn_heads: heads of every attention block (the level width must be divisible by it).
         dropout: dropout inside ResBlocks.
         groups: maximum GroupNorm groups (the largest divisor of each width <= groups is used).
+        ffc: every ResBlock gets a global Fourier branch beside its 3x3 convolution
+            (FourierUnit; the dual spectral/spatial block of Fast Fourier Convolutions).
     """
 
     # Defaults = MODEL_PRESETS["default"], so UNet_conditional() is the middle-sized model.
     def __init__(self, in_channels=6, cond_channels=6, out_channels=6, base_channels=32,
                  channel_mults=(1, 2, 4, 8), num_res_blocks=(1, 2, 2, 2), attn_levels=(3,),
-                 attn_heads=8, dropout=0.0, groups=16):
+                 attn_heads=8, dropout=0.0, groups=16, ffc=False):
         super().__init__()
         channel_mults = tuple(int(m) for m in channel_mults)
         attn_levels = tuple(sorted({int(a) for a in attn_levels}))
@@ -239,7 +264,7 @@ class UNet_conditional(nn.Module):
                            out_channels=int(out_channels), base_channels=int(base_channels),
                            channel_mults=list(channel_mults), num_res_blocks=nrb_config,
                            attn_levels=list(attn_levels), attn_heads=int(attn_heads),
-                           dropout=float(dropout), groups=int(groups))
+                           dropout=float(dropout), groups=int(groups), ffc=bool(ffc))
         self.in_channels, self.cond_channels, self.out_channels = in_channels, cond_channels, out_channels
         self.n_down = n_levels - 1
         self.attn_levels = attn_levels
@@ -259,16 +284,16 @@ class UNet_conditional(nn.Module):
         self.downsamples = nn.ModuleList()
         for i, w in enumerate(widths):
             self.down_levels.append(Level(w, w, blocks[i], time_dim, groups, dropout,
-                                          i in attn_levels, attn_heads))
+                                          i in attn_levels, attn_heads, ffc))
             if i < self.n_down:
                 self.downsamples.append(Downsample(w, widths[i + 1]))
 
         # Middle (deepest resolution): res -> (attn) -> res.
         deep = widths[-1]
-        self.mid1 = ResBlock(deep, deep, time_dim, groups, dropout)
+        self.mid1 = ResBlock(deep, deep, time_dim, groups, dropout, ffc)
         self.mid_attn = (AttnBlock(deep, attn_heads, groups) if self.n_down in attn_levels
                          else nn.Identity())
-        self.mid2 = ResBlock(deep, deep, time_dim, groups, dropout)
+        self.mid2 = ResBlock(deep, deep, time_dim, groups, dropout, ffc)
 
         # Decoder: mirror of the encoder. Level i takes [upsampled deeper features, encoder skip]
         # concatenated (2 * widths[i] channels) and returns widths[i].
@@ -276,7 +301,7 @@ class UNet_conditional(nn.Module):
         self.upsamples = nn.ModuleList()
         for i, w in enumerate(widths):
             self.up_levels.append(Level(2 * w, w, blocks[i], time_dim, groups, dropout,
-                                        i in attn_levels, attn_heads))
+                                        i in attn_levels, attn_heads, ffc))
             if i < self.n_down:
                 self.upsamples.append(Upsample(widths[i + 1], w))
 
@@ -342,6 +367,11 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+# Bound on the decoded change a PixelTrunk network sees: a noisy spectral state can decode to
+# any value (through the signed log above all); real changes clean - rain lie in [-1, 1].
+TRUNK_CLAMP = 2.0
+
+
 class Denoiser(nn.Module):
     """The network as the diffusion calls it: ``model(x_t, t, cond) -> prediction``.
 
@@ -362,17 +392,55 @@ class Denoiser(nn.Module):
         return self.trunk(x, t, cond)
 
 
+class PixelTrunk(nn.Module):
+    """Spectrum in, spectrum out, pixels inside (``--network pixel_trunk``).
+
+    The state x_t (the normalised Fourier target) and the condition are decoded to image space
+    with the representation's own inverse: the rainy window and the change clean - rain that
+    x_t stands for (noisy, bounded to +-TRUNK_CLAMP). A U-Net works on those pixels and predicts
+    the change, which is encoded back into the representation's space: the x0 estimate of the
+    Fourier target. The process, its noise and the loss stay in the Fourier domain; only the
+    network's operator is spatial (3x3 convolutions over an image instead of over a spectrum).
+    The output is an x0 estimate, so it needs --prediction x0 (or a bridge / regression)."""
+
+    def __init__(self, trunk, representation):
+        super().__init__()
+        self.trunk, self.rep, self.config = trunk, representation, trunk.config
+
+    def forward(self, x, t, cond):
+        with torch.autocast(x.device.type, enabled=False):
+            rain = self.rep.cond_to_image(cond.float())  # (B, 3, h, w)
+            change = (self.rep.decode(x.float(), rain) - rain).clamp(-TRUNK_CLAMP, TRUNK_CLAMP)
+        out = self.trunk(torch.cat([change, 2 * rain - 1], dim=1).to(x.dtype), t)  # (B, 3, h, w)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.rep.encode(rain + out.float(), rain)[0].to(x.dtype)
+
+
+NETWORKS = ("unet", "pixel_trunk", "ffc")
+
+
 def build_network(cfg, representation, trunk_config=None):
-    """The network for a resolved config and its representation. trunk_config: the U-Net
-    arguments a checkpoint stored (default: the preset cfg['model'] with cfg['model_args'])."""
+    """The network for a resolved config and its representation (cfg['network']: unet, the
+    U-Net over the representation's channels; ffc, the same with a global Fourier branch in
+    every block; pixel_trunk, see PixelTrunk). trunk_config: the U-Net arguments a checkpoint
+    stored (default: the preset cfg['model'] with cfg['model_args'])."""
+    kind = cfg.get("network", "unet")
+    if kind not in NETWORKS:
+        raise ValueError(f"unknown network {kind!r}; choose {', '.join(NETWORKS)}")
     if trunk_config is None:
         if cfg["model"] not in MODEL_PRESETS:
             raise ValueError(f"unknown model {cfg['model']!r}; choose "
                              f"{', '.join(MODEL_PRESETS)}")
-        extra = representation.extra_channels if cfg["freq_coords"] else 0
         c = representation.channels
-        trunk_config = {**MODEL_PRESETS[cfg["model"]], **cfg["model_args"], "in_channels": c,
-                        "cond_channels": c + extra, "out_channels": c}
+        if kind == "pixel_trunk":  # (change, rain) pixels in, the change out
+            io = {"in_channels": 6, "cond_channels": 0, "out_channels": 3}
+        else:
+            extra = representation.extra_channels if cfg["freq_coords"] else 0
+            io = {"in_channels": c, "cond_channels": c + extra, "out_channels": c,
+                  "ffc": kind == "ffc"}
+        trunk_config = {**MODEL_PRESETS[cfg["model"]], **cfg["model_args"], **io}
     trunk = UNet_conditional(**trunk_config)
+    if kind == "pixel_trunk":
+        return PixelTrunk(trunk, representation)
     uses_extra = trunk.cond_channels > representation.channels
     return Denoiser(trunk, representation if uses_extra else None)

@@ -25,7 +25,8 @@ from helpers.seeding import hash_seed
 
 OVERLAP = 0.5  # fraction of a window shared with its neighbour when deraining
 # The sampling settings a checkpoint's config holds (defaults in ddpm_conditional.launch()).
-SAMPLE_KEYS = ("sampler", "sample_steps", "eta", "guidance", "clip_x0", "ensemble", "sample_batch")
+SAMPLE_KEYS = ("sampler", "sample_steps", "eta", "guidance", "clip_x0", "ensemble", "sample_batch",
+               "coupled")
 
 
 # ===================================================================== tiling
@@ -115,49 +116,109 @@ class Derainer:
         """Derain one image: float (3, H, W) in [0, 1] -> float64 (3, H, W), not clipped.
 
         Windows are derained in batches of settings['sample_batch']; settings['ensemble']
-        samples per window are averaged in image space (the mean derained image)."""
-        s, crop, rep = self.settings, self.rep.crop, self.rep
+        samples per window are averaged in image space (the mean derained image). With
+        settings['coupled'], all windows of the image are sampled together and at every step
+        their x0 estimates are blended in image space and re-encoded, so that neighbouring
+        windows agree (on their low frequencies above all) before the next step."""
+        s, crop = self.settings, self.rep.crop
         _, h0, w0 = rain.shape
         rain = pad_to(np.asarray(rain, np.float64), crop)
-        _, h, w = rain.shape
-        jobs = [box for box in window_boxes(h, w, crop, OVERLAP) for _ in range(s["ensemble"])]
-        weight = window_weight(crop)
-        out, norm = np.zeros((3, h, w)), np.zeros((h, w))
-        dtype = next(self.model.parameters()).dtype
-        was_training = self.model.training
-        self.model.eval()
+        boxes = window_boxes(rain.shape[1], rain.shape[2], crop, OVERLAP)
         # each window's initial noise comes from its own seed, so with DDIM (eta = 0) the result
         # does not depend on how the windows are batched
         base = int(torch.randint(0, 2 ** 62, (1,), generator=generator,
                                  device=generator.device if generator is not None else "cpu"))
+        was_training = self.model.training
+        self.model.eval()
         try:
-            for i in range(0, len(jobs), s["sample_batch"]):
-                chunk = jobs[i:i + s["sample_batch"]]
-                windows = np.stack([rain[:, y:y + crop, x:x + crop] for y, x in chunk])
-                _, cond = rep.encode(None, windows)  # (B, C, h', w')
-                cond = torch.from_numpy(np.ascontiguousarray(cond)).to(self.device, dtype)
-                x_T = torch.stack([torch.randn(cond.shape[1:], dtype=dtype,
-                                               generator=torch.Generator().manual_seed(
-                                                   hash_seed("window", base, i + k)))
-                                   for k in range(len(chunk))])
-                gen = sample(self.model, cond, self.diffusion, s["sampler"], s["sample_steps"],
-                             s["eta"], s["guidance"], generator, s["clip_x0"] or None, x_T=x_T)
-                derained = rep.decode(gen.double().cpu().numpy(), windows)  # (B, 3, crop, crop)
-                for (y, x), d in zip(chunk, derained):
-                    out[:, y:y + crop, x:x + crop] += d * weight
-                    norm[y:y + crop, x:x + crop] += weight
-                if progress is not None:
-                    progress.update(len(chunk))
+            if s.get("coupled"):
+                out = np.zeros_like(rain)
+                for k in range(s["ensemble"]):
+                    out += self._coupled(rain, boxes, base + k * len(boxes), generator, progress)
+                out /= s["ensemble"]
+            else:
+                out = self._independent(rain, boxes, base, generator, progress)
         finally:
             self.model.train(was_training)
-        out /= norm  # in place: no second float64 copy of a large image
         return out[:, :h0, :w0]
+
+    def _sample(self, model, windows, seeds, generator, hook=None):
+        """Sample the generated targets of a stack of rainy windows (B, 3, crop, crop)."""
+        s, rep = self.settings, self.rep
+        dtype = next(self.model.parameters()).dtype
+        _, cond = rep.encode(None, windows)  # (B, C, h', w')
+        cond = torch.from_numpy(np.ascontiguousarray(cond)).to(self.device, dtype)
+        x_T = torch.stack([torch.randn(cond.shape[1:], dtype=dtype, generator=torch.Generator()
+                                       .manual_seed(hash_seed("window", k))) for k in seeds])
+        start = None
+        if getattr(self.diffusion, "needs_start", False):
+            start = torch.from_numpy(np.ascontiguousarray(rep.encode(windows, windows)[0]))
+            start = start.to(self.device, dtype)
+        return sample(model, cond, self.diffusion, s["sampler"], s["sample_steps"], s["eta"],
+                      s["guidance"], generator, s["clip_x0"] or None, x_T=x_T, start=start,
+                      hook=hook)
+
+    def _independent(self, rain, boxes, base, generator, progress):
+        s, crop = self.settings, self.rep.crop
+        jobs = [box for box in boxes for _ in range(s["ensemble"])]
+        weight = window_weight(crop)
+        out, norm = np.zeros_like(rain), np.zeros(rain.shape[1:])
+        for i in range(0, len(jobs), s["sample_batch"]):
+            chunk = jobs[i:i + s["sample_batch"]]
+            windows = np.stack([rain[:, y:y + crop, x:x + crop] for y, x in chunk])
+            gen = self._sample(self.model, windows, [(base, i + k) for k in range(len(chunk))],
+                               generator)
+            derained = self.rep.decode(gen.double().cpu().numpy(), windows)  # (B, 3, c, c)
+            for (y, x), d in zip(chunk, derained):
+                out[:, y:y + crop, x:x + crop] += d * weight
+                norm[y:y + crop, x:x + crop] += weight
+            if progress is not None:
+                progress.update(len(chunk))
+        out /= norm  # in place: no second float64 copy of a large image
+        return out
+
+    def _coupled(self, rain, boxes, base, generator, progress):
+        crop, rep = self.rep.crop, self.rep
+        weight = window_weight(crop)
+        windows = np.stack([rain[:, y:y + crop, x:x + crop] for y, x in boxes])
+        norm = np.zeros(rain.shape[1:])
+        for y, x in boxes:
+            norm[y:y + crop, x:x + crop] += weight
+        blended = {}
+
+        def blend(x0, t):  # x0 estimates of all windows -> one image -> its windows, re-encoded
+            images = rep.decode(x0.double().cpu().numpy(), windows)
+            img = np.zeros_like(rain)
+            for (y, x), d in zip(boxes, images):
+                img[:, y:y + crop, x:x + crop] += d * weight
+            img /= norm
+            blended["image"] = img
+            agreed = np.stack([img[:, y:y + crop, x:x + crop] for y, x in boxes])
+            return torch.from_numpy(rep.encode(agreed, windows)[0]).to(x0.device, x0.dtype)
+
+        self._sample(_Chunked(self.model, self.settings["sample_batch"]), windows,
+                     [(base, k) for k in range(len(boxes))], generator, hook=blend)
+        if progress is not None:
+            progress.update(len(boxes))
+        return blended["image"]
 
     def __call__(self, rain_u8, seed=0, progress=None):
         """uint8 (H, W, 3) -> derained uint8 (H, W, 3); the noise comes from `seed` alone."""
         g = torch.Generator(device=self.device).manual_seed(int(seed))
         pred = self.derain(rain_u8.transpose(2, 0, 1) / 255.0, g, progress)
         return to_uint8(pred)  # rounds and clips to [0, 255]
+
+
+class _Chunked(torch.nn.Module):
+    """The model called on a large batch in pieces of `size` (memory stays bounded)."""
+
+    def __init__(self, model, size):
+        super().__init__()
+        self.model, self.size = model, int(size)
+
+    def forward(self, x, t, cond):
+        return torch.cat([self.model(x[i:i + self.size], t[i:i + self.size],
+                                     cond[i:i + self.size]) for i in range(0, len(x), self.size)])
 
 
 # ===================================================================== many images

@@ -102,8 +102,8 @@ def _pair_spectra(clean, rain, rep, crop):
 
 def _work(args):
     """One worker's share of the pairs -> (accumulators, list of error messages)."""
-    rows, representation, crop, log = args
-    rep = representations.make(representation, crop=crop, log=log)
+    rows, representation, crop, log, options = args
+    rep = representations.make(representation, crop=crop, log=log, **options)
     accs = {p: _Accumulator(bool(crop)) for p in PARTS}
     errors = []
     for clean_path, rain_path in rows:
@@ -131,18 +131,20 @@ def read_pairs(csv_path):
 
 
 def compute_statistics(csv_path, representation="realimag", crop=128, log=True, workers=2,
-                       progress=True):
+                       progress=True, options=None):
     """Stream over the pairs of `csv_path` -> (stats dict, per-frequency arrays or None, errors).
 
     `representation` is a registered name (representations.names(statistics_only=True)); the
     statistics are those of what it encodes, under its channel names. Never holds more than one
     chunk of pairs per worker in memory."""
-    rep = representations.make(representation, crop=crop, log=log)
+    options = dict(options or {})
+    rep = representations.make(representation, crop=crop, log=log, **options)
     pairs = read_pairs(csv_path)
     if not pairs:
         raise ValueError(f"{csv_path}: no pairs")
     chunk = max(1, min(16, len(pairs) // max(1, 4 * workers)))
-    jobs = [(pairs[i:i + chunk], representation, crop, log) for i in range(0, len(pairs), chunk)]
+    jobs = [(pairs[i:i + chunk], representation, crop, log, options)
+            for i in range(0, len(pairs), chunk)]
     total = {p: _Accumulator(bool(crop)) for p in PARTS}
     errors = []
     bar = tqdm(total=len(pairs), desc="fft statistics", unit="pair", disable=not progress)
@@ -239,12 +241,17 @@ def statistics_main(argv, log, defaults):
     ap.add_argument("--crop", type=int, default=defaults["crop"], help="window size the model "
                     f"trains on (default: launch()'s, {defaults['crop']}); 0: whole images, no "
                     "per-frequency statistics")
+    ap.add_argument("--block", type=int, default=defaults["block"],
+                    help=f"blockdct only: the block size (default: launch()'s, "
+                         f"{defaults['block']})")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--strict", action="store_true", help="exit non-zero if any pair fails")
     args = ap.parse_args(argv)
     try:
+        cls = representations.get_class(args.representation)
+        options = {k: getattr(args, k) for k in cls.options}
         stats, freq, errors = compute_statistics(args.csv, args.representation, args.crop, log,
-                                                 args.workers)
+                                                 args.workers, options=options)
     except (ValueError, OSError) as e:
         print(f"error: {e}")
         return 2

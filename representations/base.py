@@ -14,6 +14,8 @@ the model's (target, condition) tensors and how a generated target becomes an im
                                   space backpropagates through it)
     rep.from_target(raw, rain)    the same from an unnormalised target (decode = denormalise,
                                   then this)
+    rep.cond_to_image(cond)       the rainy window back from its encoding (exact unless the
+                                  condition was clipped)
     rep.state() / from_state()    everything sampling needs, stored in the checkpoint
 
 Images are (..., 3, H, W) floats in [0, 1], numpy or torch; every method returns the kind it is
@@ -26,7 +28,7 @@ import torch
 from helpers import process as P
 
 TARGETS = ("diff", "clean")
-NORMS = ("perfreq_std", "perfreq", "global_std", "global")
+NORMS = ("perfreq_std", "perfreq", "global_std", "global", "scalar_std", "partial_std")
 STD_SPAN = 2.0  # the *_std norms map mean -+ 2 std to [-1, 1]: data of std 0.5, like images
 COND_CLIP = 8.0  # a new photo may fall outside the training range; bound what the network sees
 STATS_VERSION = 1
@@ -47,11 +49,18 @@ class Representation:
     channel_names = ()  # one per channel; statistics keys are "<channel name>_<stat>"
     needs_statistics = True
     extra_channels = 0
+    options = {}  # settings of its own: config key -> default (e.g. blockdct's block size)
 
-    def __init__(self, target="diff", norm="perfreq_std", crop=64, log=True, stats=None):
+    def __init__(self, target="diff", norm="perfreq_std", crop=64, log=True, stats=None,
+                 norm_gamma=0.5, **options):
         check_choice(target, TARGETS, "target")
         check_choice(norm, NORMS, "norm")
         self.target, self.norm, self.crop, self.log = target, norm, int(crop), bool(log)
+        self.norm_gamma = float(norm_gamma)
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise ValueError(f"{self.name} has no option(s) {sorted(unknown)}")
+        self.opts = {**self.options, **options}
         self.ranges = None  # {"target": (lo, hi), "cond": (lo, hi)}, float64 numpy
         if self.needs_statistics and stats is not None:
             self.ranges = self._ranges(stats)
@@ -74,7 +83,8 @@ class Representation:
     def stats_settings(self):
         """What a statistics file depends on; a file computed for other settings is refused."""
         return {"representation": self.name, "crop": self.crop, "log": self.log,
-                "fft_norm": P.FFT_NORM, "phase_wrapped": True, "version": STATS_VERSION}
+                "fft_norm": P.FFT_NORM, "phase_wrapped": True, "version": STATS_VERSION,
+                **self.opts}
 
     def check_settings(self, stats, source="statistics"):
         """Raise ValueError, saying which script to run, if `stats` were made for other settings."""
@@ -82,10 +92,11 @@ class Representation:
         diffs = [f"{k}={have.get(k)!r} (need {v!r})" for k, v in want.items() if have.get(k) != v]
         if diffs:
             script = "get_fft_statistics_log.py" if self.log else "get_fft_statistics.py"
+            opts = "".join(f" --{k.replace('_', '-')} {v}" for k, v in self.opts.items())
             raise ValueError(
                 f"{source}: computed for other settings: {', '.join(diffs)}. Recompute with: "
                 f"python {script} --csv PAIRS.csv --out STATS.json --representation {self.name} "
-                f"--crop {self.crop}")
+                f"--crop {self.crop}{opts}")
 
     def _ranges(self, stats):
         if "settings" in stats:  # a full statistics file; a checkpoint's state has only ranges
@@ -96,7 +107,13 @@ class Representation:
         # Every norm is the original min/max map 2 (x - lo) / (hi - lo) - 1; the *_std norms take
         # lo, hi = mean -+ 2 std. A heavy-tailed spectrum squeezed by its extremes (min/max) has
         # most of its values in a sliver of [-1, 1], which the diffusion noise drowns at once;
-        # mean/std per frequency gives every coefficient the same spread instead.
+        # mean/std per frequency gives every coefficient the same spread instead (with white
+        # noise: every frequency loses its signal at the same rate, "EqualSNR"). scalar_std uses
+        # one scale for everything (per-frequency means): the noise then drowns the weak high
+        # frequencies first, as in pixel diffusion; partial_std scales by std_f^gamma times the
+        # overall std^(1 - gamma), between the two.
+        if self.norm in ("scalar_std", "partial_std"):
+            return self._scaled_ranges(stats)
         ranges = {}
         for role, part in (("target", self.target), ("cond", "rain")):
             if self.norm.startswith("perfreq"):
@@ -116,6 +133,21 @@ class Representation:
                 ranges[role] = (get("min"), get("max"))
         return ranges
 
+    def _scaled_ranges(self, stats):
+        freq = stats.get("per_frequency")
+        if not isinstance(freq, dict):
+            raise ValueError(f"--norm {self.norm} needs per-frequency statistics; recompute with "
+                             f"get_fft_statistics_log.py --crop {self.crop}")
+        ranges = {}
+        for role, part in (("target", self.target), ("cond", "rain")):
+            mean = np.asarray(freq[f"{part}_mean"], np.float64)
+            std = np.asarray(freq[f"{part}_std"], np.float64)
+            overall = np.sqrt(np.mean(std ** 2))  # the RMS of the per-frequency stds
+            gamma = 0.0 if self.norm == "scalar_std" else self.norm_gamma
+            scale = std ** gamma * overall ** (1 - gamma)
+            ranges[role] = (mean - STD_SPAN * scale, mean + STD_SPAN * scale)
+        return ranges
+
     def _range(self, like, role):
         if self.ranges is None:
             raise ValueError(f"the {self.name} representation needs statistics: run "
@@ -132,7 +164,7 @@ class Representation:
     # ------------------------------------------------------------ state for the checkpoint
     def state(self):
         s = {"name": self.name, "target": self.target, "norm": self.norm, "crop": self.crop,
-             "log": self.log}
+             "log": self.log, "norm_gamma": self.norm_gamma, "options": dict(self.opts)}
         if self.ranges:
             s["ranges"] = {k: [torch.from_numpy(np.ascontiguousarray(a)) for a in v]
                            for k, v in self.ranges.items()}
@@ -142,7 +174,8 @@ class Representation:
     def from_state(cls, s):
         stats = {"ranges": {k: [np.asarray(a) for a in v] for k, v in s["ranges"].items()}} \
             if s.get("ranges") else None
-        return cls(s["target"], s["norm"], s["crop"], s["log"], stats)
+        return cls(s["target"], s["norm"], s["crop"], s["log"], stats, s.get("norm_gamma", 0.5),
+                   **s.get("options", {}))
 
 
 class FourierRepresentation(Representation):
@@ -200,6 +233,15 @@ class FourierRepresentation(Representation):
 
     def decode(self, target_n, rain):
         return self.from_target(P.denormalize(target_n, *self._range(target_n, "target")), rain)
+
+    def cond_to_image(self, cond, size=None):
+        """The rainy window of an encoded condition; size: the window's (h, w), by default the
+        training window when the encoding has its shape, else the encoding's own size."""
+        spec = self.from_channels(P.denormalize(cond, *self._range(cond, "cond")))
+        if size is None:
+            full = self.shape(self.crop, self.crop)[1:] == tuple(cond.shape[-2:])
+            size = (self.crop, self.crop) if full else tuple(cond.shape[-2:])
+        return self.inverse(spec, tuple(size))
 
     def from_target(self, tgt, rain):
         spec = self.add_diff(tgt, self.transform(rain)) if self.target == "diff" \

@@ -25,5 +25,8 @@ class Pixels(Representation):
     def decode(self, target_n, rain):
         return self.from_target(target_n, rain)
 
+    def cond_to_image(self, cond, size=None):
+        return (cond + 1) / 2
+
     def from_target(self, tgt, rain):
         return rain + tgt if self.target == "diff" else (tgt + 1) / 2

@@ -20,9 +20,10 @@ def _rep(crop, name="realimag"):
                                 stats={"ranges": {"target": (lo, hi), "cond": (lo, hi)}})
 
 
-def derain_array(model, rep, diffusion, rain, steps=2, batch_size=32, generator=None, eta=0.0):
+def derain_array(model, rep, diffusion, rain, steps=2, batch_size=32, generator=None, eta=0.0,
+                 coupled=False):
     settings = dict(sampler="ddim", sample_steps=steps, eta=eta, guidance=1.0, clip_x0=3.0,
-                    ensemble=1, sample_batch=batch_size)
+                    ensemble=1, sample_batch=batch_size, coupled=coupled)
     return Derainer(model, rep, diffusion, settings).derain(rain, generator)
 
 
@@ -47,10 +48,11 @@ def test_identity_model_gives_back_the_input_without_seams(h, w, representation)
     rep = _rep(crop, representation)
     rain = np.random.default_rng(h * w).random((3, h, w))
     d = Diffusion(1000, prediction="x0")
-    out = derain_array(ZeroDiff(rep), rep, d, rain, steps=3, batch_size=5,
-                       generator=torch.Generator().manual_seed(0))
-    assert out.shape == (3, h, w)
-    assert np.max(np.abs(out - rain)) * 255 < 0.01  # exact: no seam, no border effect
+    for coupled in (False, True):
+        out = derain_array(ZeroDiff(rep), rep, d, rain, steps=3, batch_size=5,
+                           generator=torch.Generator().manual_seed(0), coupled=coupled)
+        assert out.shape == (3, h, w)
+        assert np.max(np.abs(out - rain)) * 255 < 0.01  # exact: no seam, no border effect
 
 
 def test_windows_cover_with_overlap():
@@ -107,3 +109,32 @@ def test_ddim_output_does_not_depend_on_the_batch_size():
     other = derain_array(NoiseDependent(), rep, d, rain, steps=4, batch_size=4,
                          generator=torch.Generator().manual_seed(6))
     assert np.abs(other - outs[0]).max() > 1e-4  # and the seed does matter
+
+
+class CountingNoiseDependent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+        self.batches = []
+
+    def forward(self, x, t, cond):
+        self.batches.append(x.shape[0])
+        return self.w * x + 0.01 * cond
+
+
+def test_coupled_windows_are_sampled_together_and_agree_at_every_step():
+    rep, d = _rep(16), Diffusion(1000, prediction="eps")
+    rain = np.random.default_rng(0).random((3, 40, 30))
+    n_windows = len(window_starts(40, 16, OVERLAP)) * len(window_starts(30, 16, OVERLAP))
+    gen = lambda: torch.Generator().manual_seed(5)
+    # one step: blending the x0 estimates is what independent windows get at the end anyway
+    one = [derain_array(CountingNoiseDependent(), rep, d, rain, steps=1, generator=gen(),
+                        coupled=c) for c in (False, True)]
+    np.testing.assert_allclose(one[0], one[1], atol=1e-9)
+    # several steps: all windows go through every step together (in chunks of the batch size)
+    net = CountingNoiseDependent()
+    coupled = derain_array(net, rep, d, rain, steps=3, batch_size=4, generator=gen(),
+                           coupled=True)
+    assert sum(net.batches) == 3 * n_windows and max(net.batches) <= 4
+    independent = derain_array(CountingNoiseDependent(), rep, d, rain, steps=3, generator=gen())
+    assert np.abs(coupled - independent).max() > 1e-6  # the blending changed the path

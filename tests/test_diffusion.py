@@ -202,3 +202,43 @@ def test_every_step_of_gaussian_data_has_the_right_conditional_law(sampler, pred
             assert r.abs().max() < 1e-9, msg
         else:
             assert abs(r.var().item() / resid - 1) < 0.05, msg
+
+
+# ---------------------------------------------------------------- bridge and regression
+def test_bridge_runs_from_the_rainy_input_to_the_target():
+    from diffusion import Bridge
+    b = Bridge(1000, noise=0.1)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 6, 8, 8, generator=g, dtype=torch.float64)
+    start = torch.randn(4, 6, 8, 8, generator=g, dtype=torch.float64)
+    noise = torch.randn(4, 6, 8, 8, generator=g, dtype=torch.float64)
+    end = torch.full((4,), 999)
+    torch.testing.assert_close(b.train_input(x0, start, end, noise), start)  # s = 1: the rain
+    near = b.train_input(x0, start, torch.zeros(4, dtype=torch.long), noise)
+    assert (near - x0).abs().max() < 0.02 * (start - x0).abs().max() + 0.01  # s = 1/T
+    seen = []
+
+    class Oracle(torch.nn.Module):  # knows x0; records where the sampler asks
+        def forward(self, x, t, cond):
+            seen.append(x.clone())
+            return x0
+    out = b.sample(Oracle(), torch.zeros_like(x0), start=start, steps=4)
+    torch.testing.assert_close(out, x0)
+    assert len(seen) == 4 and torch.equal(seen[0], start)  # it starts at the rainy input
+    # with an exact x0 the deterministic path is the straight line from start to x0
+    for x in seen[1:]:
+        r = (x - x0) / (start - x0)
+        assert r.std() < 1e-9 and 0 < r.mean() < 1
+
+
+def test_regression_is_one_pass_from_the_rainy_input():
+    from diffusion import Regression
+    calls = []
+
+    def net(x, t, cond):
+        calls.append((x, t))
+        return x + 1
+    start = torch.zeros(2, 6, 4, 4)
+    out = Regression().sample(net, torch.zeros_like(start), start=start, steps=20)
+    assert len(calls) == 1 and torch.equal(calls[0][1], torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(out, start + 1)

@@ -202,3 +202,52 @@ def test_presets():
     # the pixel baseline uses the same presets, without extra inputs
     pixel = build_network({"model": "small", "model_args": {}, "freq_coords": True}, Pixels())
     assert pixel.trunk.conv_in.in_channels == 6 and pixel.extra_inputs is None
+
+
+def _spectral_rep(crop=16):
+    import numpy as np
+    lo, hi = -20 * np.ones((6, crop, crop)), 20 * np.ones((6, crop, crop))  # no clipping
+    return RealImag(crop=crop, log=False, stats={"ranges": {"target": (lo, hi), "cond": (lo, hi)}})
+
+
+def test_pixel_trunk_sees_pixels_and_returns_the_fourier_target():
+    rep = _spectral_rep()
+    seen = []
+
+    class ZeroChange(torch.nn.Module):  # the trunk: records its input, predicts no change
+        config = {}
+
+        def forward(self, x, t, cond=None):
+            seen.append(x)
+            return torch.zeros(x.shape[0], 3, *x.shape[-2:])
+
+    from modules import PixelTrunk
+    net = PixelTrunk(ZeroChange(), rep)
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    rain = (clean + 0.2 * (torch.rand(2, 3, 16, 16, generator=g) < 0.1)).clamp(0, 1)
+    target, cond = rep.encode(clean, rain)
+    out = net(target.float(), torch.zeros(2, dtype=torch.long), cond.float())
+    change, rain_px = seen[0][:, :3], (seen[0][:, 3:] + 1) / 2
+    torch.testing.assert_close(change.double(), clean - rain, atol=1e-5, rtol=0)  # the change
+    torch.testing.assert_close(rain_px.double(), rain, atol=1e-5, rtol=0)  # and the rain
+    zero_change = rep.encode(rain, rain)[0]  # no change predicted: x0 is the rainy image's
+    torch.testing.assert_close(out.double(), zero_change, atol=1e-5, rtol=0)
+
+
+def test_ffc_blocks_see_the_whole_map():
+    # one level, no attention: a plain 3x3 U-Net's output at a pixel hardly depends on far
+    # pixels (only through GroupNorm's statistics); the global Fourier branch makes it
+    cfg = dict(channel_mults=(1,), attn_levels=(), in_channels=3, cond_channels=0, out_channels=3)
+    far = {}
+    for ffc in (False, True):
+        m = make(**cfg, ffc=ffc).train()
+        x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0),
+                        requires_grad=True)
+        m(x, torch.tensor([5]))[0, 0, 0, 0].backward()
+        far[ffc] = (x.grad[0, :, 16:, 16:].abs().mean() / x.grad[0, :, :3, :3].abs().mean()).item()
+    assert far[True] > 3 * far[False], far
+    built = build_network({"model": "small", "model_args": {}, "freq_coords": True,
+                           "network": "ffc"}, RealImag())
+    assert built.config["ffc"] and any(type(mod).__name__ == "FourierUnit"
+                                       for mod in built.modules())

@@ -14,6 +14,12 @@ NAMES = representations.names()
 COMBOS = [(n, t) for n in NAMES for t in representations.TARGETS]
 
 
+def fit(name, h, w):
+    """(h, w) rounded down to what the representation's blocks tile (blockdct), >= one block."""
+    b = representations.get_class(name).options.get("block")
+    return (max(b, h // b * b), max(b, w // b * b)) if b else (h, w)
+
+
 def _pair(h, w, seed=0):
     rng = np.random.default_rng(seed)
     clean = rng.integers(0, 256, (3, h, w)).astype(np.float64)
@@ -34,9 +40,10 @@ def _fitted(name, target, clean, rain, crop, log=True, norm="global"):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_representation_keeps_the_interface(name):
-    clean, rain = _pair(24, 20, seed=1)
-    rep = _fitted(name, "diff", clean, rain, 24)
-    c, h, w = rep.shape(24, 20)
+    H, W = fit(name, 24, 20)
+    clean, rain = _pair(H, W, seed=1)
+    rep = _fitted(name, "diff", clean, rain, H)
+    c, h, w = rep.shape(H, W)
     assert c == rep.channels == len(rep.channel_names) == len(set(rep.channel_names))
     parts = rep.parts(clean, rain)
     assert set(parts) == {"rain", "diff", "clean"}
@@ -54,6 +61,7 @@ def test_every_representation_keeps_the_interface(name):
 @pytest.mark.parametrize("name,target", COMBOS)
 @pytest.mark.parametrize("h,w", SIZES)
 def test_round_trip_is_exact_for_uint8_images(name, target, h, w):
+    h, w = fit(name, h, w)
     clean, rain = _pair(h, w, seed=h * w)
     rep = representations.make(name, target, crop=h)
     raw = rep.parts(clean, rain)[target]
@@ -64,22 +72,27 @@ def test_round_trip_is_exact_for_uint8_images(name, target, h, w):
 
 @pytest.mark.parametrize("name,target", COMBOS)
 def test_round_trip_through_normalisation_in_float32_torch(name, target):
-    clean, rain = _pair(33, 48, seed=7)
-    rep = _fitted(name, target, clean, rain, 33)
+    h, w = fit(name, 33, 48)
+    clean, rain = _pair(h, w, seed=7)
+    rep = _fitted(name, target, clean, rain, h)
     clean_t, rain_t = torch.tensor(clean)[None], torch.tensor(rain)[None]  # (1, 3, H, W) batch
     tgt_n, cond_n = rep.encode(clean_t, rain_t)
     tgt_n = tgt_n.float()  # what the dataset hands the model
     if rep.needs_statistics:
         assert tgt_n.min() >= -1 - 1e-6 and tgt_n.max() <= 1 + 1e-6
     back = rep.decode(tgt_n.double(), rain_t)
-    assert back.shape == (1, 3, 33, 48)
+    assert back.shape == (1, 3, h, w)
+    # the condition gives the rainy window back
+    torch.testing.assert_close(rep.cond_to_image(cond_n.double(), (h, w)), rain_t, atol=1e-9,
+                               rtol=0)
     assert torch.max(torch.abs(back[0] * 255 - clean_t[0] * 255)) < 0.5
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_numpy_and_torch_agree_and_decode_is_differentiable(name):
-    clean, rain = _pair(20, 24, seed=9)
-    rep = _fitted(name, "diff", clean, rain, 20)
+    h, w = fit(name, 20, 24)
+    clean, rain = _pair(h, w, seed=9)
+    rep = _fitted(name, "diff", clean, rain, h)
     for (k, a), b in zip(rep.parts(clean, rain).items(),
                          rep.parts(torch.tensor(clean), torch.tensor(rain)).values()):
         np.testing.assert_allclose(a, b.numpy(), atol=1e-10, err_msg=k)
@@ -140,3 +153,47 @@ def test_encoding_without_statistics_and_unknown_settings_are_refused():
         representations.make("magphase", target="residual")
     with pytest.raises(ValueError, match="norm"):
         representations.make("magphase", norm="zscore")
+
+
+def _stats_of(rep, clean, rain):
+    """Per-frequency statistics of one pair's encodings, in the statistics file's layout."""
+    parts = rep.parts(clean[None], rain[None])
+    freq = {f"{k}_{stat}": getattr(np, stat)(v, axis=0) for k, v in parts.items()
+            for stat in ("min", "max", "mean", "std")}
+    return {"per_frequency": freq}
+
+
+def test_scalar_and_partial_norms_scale_frequencies_between_one_scale_and_their_own():
+    rng = np.random.default_rng(0)
+    clean = rng.random((8, 3, 16, 16))
+    rain = np.clip(clean + 0.3 * (rng.random(clean.shape) < 0.1), 0, 1)
+    rep = representations.make("realimag", crop=16, log=False)
+    parts = rep.parts(clean, rain)
+    stats = {"per_frequency": {f"{k}_{stat}": getattr(np, stat)(v, axis=0)
+                               for k, v in parts.items() for stat in ("mean", "std")}}
+    spans = {}
+    for norm, gamma in (("perfreq_std", 1.0), ("partial_std", 0.5), ("scalar_std", 0.0)):
+        r = representations.make("realimag", "diff", norm, 16, False, stats, norm_gamma=gamma)
+        lo, hi = r.ranges["target"]
+        spans[norm] = (hi - lo) / 4  # the scale each frequency is divided by
+    std = stats["per_frequency"]["diff_std"]
+    np.testing.assert_allclose(spans["perfreq_std"], std)
+    assert np.ptp(spans["scalar_std"]) < 1e-12  # one scale for every coefficient
+    np.testing.assert_allclose(spans["partial_std"] ** 2, spans["perfreq_std"] *
+                               spans["scalar_std"], rtol=1e-9)  # the geometric mean of the two
+
+
+def test_block_dct_is_orthonormal_and_keeps_locality():
+    rep = representations.make("blockdct", crop=16, log=False, block=4)
+    assert rep.shape(16, 16) == (48, 4, 4) and rep.channel_names[:2] == ("dct0_0_R", "dct0_1_R")
+    img = np.random.default_rng(2).random((3, 16, 16))
+    coeffs = rep.transform(img)
+    assert np.sum(coeffs ** 2) == pytest.approx(np.sum(img ** 2))  # Parseval
+    ch = rep.to_channels(coeffs)
+    np.testing.assert_allclose(ch[0, 1, 2], img[0, 4:8, 8:12].mean() * 4)  # DC of block (1, 2)
+    changed = img.copy()
+    changed[:, :4, :4] += 0.5  # a change in the top-left block only...
+    diff = rep.to_channels(rep.transform(changed)) - ch
+    assert np.abs(diff[:, 0, 0]).max() > 0 and np.abs(diff[:, 1:, :]).max() < 1e-12  # ...stays
+    with pytest.raises(ValueError, match="multiple of --block"):
+        representations.make("blockdct", crop=18, block=4)

@@ -1,0 +1,294 @@
+"""The variant study: train each variant with the same data, seeds and compute, derain the same
+validation pairs through the one evaluation path, and tabulate.
+
+    python ablate.py --study runs/study --minutes 5 --seeds 0                 # screen them all
+    python ablate.py --study runs/final --minutes 35 --seeds 0,1 --eval-steps 1,2,20 \\
+        --variants fourier_best,pixel,regression
+    python ablate.py --study runs/study --list                                # the variants
+
+Every variant is a set of ddpm_conditional.py flags on top of the rain100 preset (Rain100L and
+Rain100H pairs 1-50 for training, 51-60 for validation); see VARIANTS. Equal compute means equal
+wall-clock time on this machine: each variant is first trained for a few calibration steps with
+the real training loop (the machine should be otherwise idle then), and its budget of --minutes
+becomes a number of optimiser steps, which the run then trains for (so a later slowdown of the
+machine changes the wall time of a run, not its result; the learning-rate schedule ends at that
+step). The study directory holds, per variant and seed, the run directory; calibration.json;
+results.csv (variant, seed, steps, sampler steps, wall times, PSNR-Y / SSIM-Y per set, and the
+rainy input's); results.png (the mean and the spread over seeds). Everything done is kept: run
+the same command again and the study resumes where it stopped (a partly trained run continues
+from its last checkpoint, evaluated rows are not redone).
+"""
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+
+# name -> flags for ddpm_conditional.py (on top of BASE), and sampling overrides for evaluation;
+# "train_as" reuses another variant's training (a sampling-only lever).
+VARIANTS = {
+    # the references
+    "pixel": {"flags": ["--representation", "pixels"],
+              "about": "the same UNet and diffusion in pixels (today's --representation pixels)"},
+    "regression": {"flags": ["--representation", "pixels", "--process", "regression"],
+                   "about": "the same UNet, one forward pass, trained on the clean image (MSE)"},
+    # the Fourier model as it was, and one lever at a time
+    "fourier": {"flags": [], "about": "today's default: realimag, signed log, per-frequency "
+                                      "std, v prediction, model-space loss, 3x3 UNet"},
+    "fourier_image": {"flags": ["--loss", "image"], "about": "+ image-space loss"},
+    "fourier_mix": {"flags": ["--loss", "mix"], "about": "+ half model-space, half image loss"},
+    "linear_image": {"flags": ["--signed-log", "false", "--loss", "image"],
+                     "about": "linear spectrum, image-space loss"},
+    "scalar_image": {"flags": ["--signed-log", "false", "--norm", "scalar_std", "--loss",
+                               "image"], "about": "linear, one global scale, image loss"},
+    "partial_image": {"flags": ["--signed-log", "false", "--norm", "partial_std",
+                                "--loss", "image"], "about": "linear, std_f^0.5, image loss"},
+    "ffc_image": {"flags": ["--network", "ffc", "--loss", "image"],
+                  "about": "dual spectral/spatial blocks (FFC), image loss"},
+    "blockdct_image": {"flags": ["--representation", "blockdct", "--block", "8", "--loss",
+                                 "image"], "about": "8x8 block DCT as channels, image loss"},
+    "window128_image": {"flags": ["--crop", "128", "--batch-size", "4", "--loss", "image"],
+                        "about": "128-px windows (4 crops a step: the same pixels), image loss"},
+    "trunk": {"flags": ["--network", "pixel_trunk", "--prediction", "x0", "--signed-log",
+                        "false", "--loss", "image"],
+              "about": "spectrum in and out, pixel UNet inside, linear, image loss"},
+    "trunk_bridge": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
+                               "--loss", "image", "--process", "bridge"],
+                     "about": "pixel trunk, bridge from the rainy input"},
+    "trunk_coupled": {"train_as": "trunk", "sample": {"coupled": True},
+                      "about": "trunk, windows coupled while sampling"},
+}
+BASE = ["--preset", "rain100", "--minutes", "0", "--eval-every", "0", "--final-eval", "false",
+        "--log-every", "10"]
+SETS = ("Rain100L", "Rain100H")
+FIELDS = ["variant", "seed", "train_steps", "train_minutes", "sample_steps", "eval_seconds",
+          *[f"{s}_{m}" for s in SETS for m in ("psnr_y", "ssim_y", "input_psnr_y",
+                                               "input_ssim_y")]]
+CALIBRATION_STEPS = (10, 40)  # the step time is measured between these steps
+
+
+def run_training(args, study, variant, seed, extra, log):
+    """ddpm_conditional.py for one variant and seed; returns the run directory."""
+    run_dir = study / variant / f"seed{seed}"
+    cmd = [sys.executable, str(REPO / "ddpm_conditional.py"), *BASE, *VARIANTS[variant]["flags"],
+           "--seed", str(seed), "--run-dir", str(run_dir), "--threads", str(args.threads),
+           "--data-root", args.data_root, *extra]
+    if (run_dir / "config.json").exists():
+        cmd.append("--resume")
+    log(f"$ {' '.join(cmd[1:])}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(study / variant / f"seed{seed}.log", "a", encoding="utf-8") as f:
+        r = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        raise RuntimeError(f"{variant} seed {seed}: training exited with status {r.returncode}; "
+                           f"see {study / variant / f'seed{seed}.log'}")
+    return run_dir
+
+
+def read_log(run_dir):
+    recs = []
+    path = Path(run_dir) / "log.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return recs
+
+
+def calibrate(args, study, variant, log):
+    """Seconds per optimiser step of the real training loop for this variant (cached)."""
+    path = study / "calibration.json"
+    cal = json.loads(path.read_text()) if path.exists() else {}
+    if variant in cal:
+        return cal[variant]["s_per_step"]
+    a, b = CALIBRATION_STEPS
+    cal_dir = study / "_calibration" / variant
+    if cal_dir.exists():
+        import shutil
+        shutil.rmtree(cal_dir)
+    cmd = [sys.executable, str(REPO / "ddpm_conditional.py"), *BASE, *VARIANTS[variant]["flags"],
+           "--run-dir", str(cal_dir), "--max-steps", str(b), "--log-every", "1",
+           "--ckpt-every", "0", "--threads", str(args.threads), "--data-root", args.data_root]
+    log(f"calibrating {variant}: {b} steps")
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{variant}: calibration failed:\n{r.stderr[-2000:]}")
+    el = {rec["step"]: rec["elapsed_s"] for rec in read_log(cal_dir) if "elapsed_s" in rec}
+    s_per_step = (el[b] - el[a]) / (b - a)
+    cal[variant] = {"s_per_step": s_per_step, "load_1m": os.getloadavg()[0],
+                    "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json(path, cal)
+    log(f"  {variant}: {s_per_step:.3f} s/step")
+    return s_per_step
+
+
+def write_json(path, obj):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_results(path):
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def write_results(path, rows):
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads):
+    """PSNR-Y / SSIM-Y of one checkpoint on each validation set through sampling.py."""
+    import torch
+
+    from checkpoint import ckpt_paths, load_derainer
+    from sampling import derain_items, pairs_items
+    torch.set_num_threads(threads)
+    derainer, _ = load_derainer(ckpt_paths(run_dir)[-1], sample_steps=sample_steps,
+                                **sample_overrides)
+    out, t0 = {}, time.time()
+    for name, csv_path in data_csvs.items():
+        report = derain_items(derainer, pairs_items(csv_path), score=True, progress=False,
+                              say=lambda m: print(m, file=sys.stderr))
+        s = report.summary
+        if report.failed or report.unscored:
+            raise RuntimeError(f"{csv_path}: {len(report.failed) + len(report.unscored)} pairs "
+                               "failed")
+        out.update({f"{name}_psnr_y": s["psnr_y"], f"{name}_ssim_y": s["ssim_y"],
+                    f"{name}_input_psnr_y": s["baseline"]["psnr_y"],
+                    f"{name}_input_ssim_y": s["baseline"]["ssim_y"]})
+    out["eval_seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def chart(rows, path, eval_steps):
+    """PSNR-Y per set and sampler steps: the mean over seeds (bar) and each seed (dots)."""
+    import numpy as np
+
+    from helpers.figures import plt, save_figure
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, axes = plt.subplots(len(SETS), len(eval_steps), squeeze=False,
+                             figsize=(4.2 * len(eval_steps), 0.32 * len(variants) * 2 + 2.5))
+    for i, set_name in enumerate(SETS):
+        for j, steps in enumerate(eval_steps):
+            ax = axes[i, j]
+            key = f"{set_name}_psnr_y"
+            for k, v in enumerate(variants):
+                vals = [float(r[key]) for r in rows if r["variant"] == v and
+                        int(r["sample_steps"]) == steps and r.get(key)]
+                if not vals:
+                    continue
+                ax.barh(k, np.mean(vals), color="#9cc3e6" if v not in ("pixel", "regression")
+                        else "#e6b89c", height=0.6)
+                ax.plot(vals, [k] * len(vals), "k.", ms=5)
+                if len(vals) > 1:
+                    ax.plot([min(vals), max(vals)], [k, k], "k-", lw=1)
+            inputs = [float(r[f"{set_name}_input_psnr_y"]) for r in rows
+                      if r.get(f"{set_name}_input_psnr_y")]
+            if inputs:
+                ax.axvline(inputs[0], color="gray", ls="--", lw=1, label="rainy input")
+            ax.set_yticks(range(len(variants)))
+            ax.set_yticklabels(variants if j == 0 else [""] * len(variants), fontsize=8)
+            ax.set_title(f"{set_name}, {steps} sampling step{'s' * (steps > 1)}", fontsize=9)
+            ax.set_xlabel("PSNR-Y (dB): bar mean over seeds, dots seeds", fontsize=8)
+            lo = min([float(r[key]) for r in rows if r.get(key)] + inputs) - 0.5
+            hi = max(float(r[key]) for r in rows if r.get(key)) + 0.3
+            ax.set_xlim(lo, hi)
+            ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n", 2)[2])
+    ap.add_argument("--study", default="runs/study", help="study directory (resumed if present)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds")
+    ap.add_argument("--minutes", type=float, default=5.0,
+                    help="training budget per run, in wall-clock minutes of this machine "
+                         "(turned into steps by calibration)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="train every variant for this many steps instead (equal steps)")
+    ap.add_argument("--eval-steps", default="1,2,20", help="sampler steps to evaluate")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for every run")
+    ap.add_argument("--data-root", default="../shared/data", help="the shared data folder")
+    ap.add_argument("--list", action="store_true", help="list the variants and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        for name, v in VARIANTS.items():
+            print(f"{name:18s} {v['about']}")
+        return 0
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; see --list")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    eval_steps = [int(s) for s in args.eval_steps.split(",")]
+    study = Path(args.study)
+    study.mkdir(parents=True, exist_ok=True)
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    presets = REPO / "data" / "presets" / "rain100"
+    data_csvs = {name: presets / f"val_{name}.csv" for name in SETS}
+    results_path = study / "results.csv"
+    rows = read_results(results_path)
+    done = {(r["variant"], r["seed"], r["sample_steps"]) for r in rows}
+
+    for variant in variants:
+        spec = VARIANTS[variant]
+        trained = spec.get("train_as", variant)
+        if not args.steps:
+            calibrate(args, study, trained, log)
+    for seed in seeds:
+        for variant in variants:
+            spec = VARIANTS[variant]
+            trained = spec.get("train_as", variant)
+            if args.steps:
+                steps = args.steps
+            else:
+                s_per_step = calibrate(args, study, trained, log)
+                steps = max(1, int(args.minutes * 60 / s_per_step))
+            (study / trained).mkdir(exist_ok=True)
+            run_dir = study / trained / f"seed{seed}"
+            recs = read_log(run_dir)
+            if not any(r.get("step") == steps and "loss" in r for r in recs):
+                log(f"training {trained} seed {seed}: {steps} steps")
+                run_training(args, study, trained, seed,
+                             ["--max-steps", str(steps), "--ckpt-every", str(max(1, steps // 4))],
+                             log)
+                recs = read_log(run_dir)
+            minutes = max((r.get("elapsed_s", 0) for r in recs), default=0) / 60
+            for n in eval_steps:
+                if (variant, str(seed), str(n)) in done:
+                    continue
+                log(f"evaluating {variant} seed {seed} at {n} sampling step(s)")
+                res = evaluate(run_dir, n, spec.get("sample", {}), data_csvs, args.threads)
+                row = {"variant": variant, "seed": seed, "train_steps": steps,
+                       "train_minutes": round(minutes, 2), "sample_steps": n, **res}
+                rows.append({k: (f"{v:.4f}" if isinstance(v, float) else v)
+                             for k, v in row.items()})
+                done.add((variant, str(seed), str(n)))
+                write_results(results_path, rows)
+                log("  " + ", ".join(f"{s} {res[f'{s}_psnr_y']:.2f} dB / "
+                                     f"{res[f'{s}_ssim_y']:.4f}" for s in SETS))
+            chart(rows, study / "results.png", eval_steps)
+    print(f"results: {results_path}, chart: {study / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
