@@ -52,8 +52,14 @@ def save_checkpoint(state, path):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint of this repository safely (weights_only); CheckpointError otherwise."""
+    """Load a checkpoint of this repository safely (weights_only); CheckpointError otherwise.
+    `path` may be a run directory: its newest checkpoint is taken."""
     path = Path(path)
+    if path.is_dir():
+        found = newest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: no checkpoint (*.pt) in this folder")
+        path = found
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
@@ -133,6 +139,33 @@ def model_from_checkpoint(ckpt, ema=True):
     return model, rep, diffusion, cfg
 
 
+def export_checkpoint(src, dst, fp16=False):
+    """Write an inference-only checkpoint of `src` to `dst` (atomically): the EMA weights (as
+    float16 with fp16), the config, the network's arguments and the representation; nothing of
+    the optimiser. derain.py and load_derainer read it like a training checkpoint. Returns the
+    sizes of both files in bytes."""
+    ckpt = load_checkpoint(src)
+    state = ckpt["model"]
+    if ckpt.get("ema"):
+        state = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    if fp16:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    out = {"step": ckpt["step"], "model": state, "config": ckpt["config"],
+           "model_config": ckpt["model_config"], "representation": ckpt["representation"],
+           "inference_only": True, "exported_from": Path(src).name}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, dst)
+    return Path(src).stat().st_size, dst.stat().st_size
+
+
+def newest_checkpoint(root="runs"):
+    """The most recently written checkpoint under `root` (ckpt_*.pt of a run, or an exported
+    .pt), or None."""
+    found = [p for p in Path(root).rglob("*.pt") if p.is_file()] if Path(root).is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def load_derainer(path, device="cpu", ema=True, **overrides):
     """A sampling.Derainer from a checkpoint file; sampling settings from its config unless an
     override (sampler, sample_steps, eta, guidance, clip_x0, ensemble, sample_batch) is given."""
@@ -140,4 +173,4 @@ def load_derainer(path, device="cpu", ema=True, **overrides):
     ckpt = load_checkpoint(path)
     model, rep, diffusion, cfg = model_from_checkpoint(ckpt, ema=ema)
     return Derainer(model.to(device), rep, diffusion, sample_settings(cfg, **overrides), device,
-                    name=Path(path).name), cfg
+                    name=Path(ckpt["path"]).name), cfg

@@ -38,7 +38,7 @@ from checkpoint import CheckpointError, ckpt_paths, load_checkpoint, save_checkp
 from diffusion import PROCESSES, make_process
 from helpers.seeding import hash_seed
 from losses import make_loss
-from modules import NETWORKS, build_network
+from modules import MODEL_PRESETS, NETWORKS, build_network
 from utils import get_data
 
 REPO = Path(__file__).resolve().parent
@@ -117,7 +117,9 @@ def launch():
         log_every=25,            # steps between log lines
         ckpt_every=500,          # steps between checkpoints
         keep_ckpts=3,            # checkpoints kept (oldest deleted)
-        eval_every=1000,         # steps between validation figures and PSNR-Y (0: never)
+        eval_points=4,           # validations (figure and PSNR-Y) at 1/n, 2/n, ... of the run
+                                 # (of its budget or max_steps; the last at the end); 0: none
+        eval_every=0,            # also every this many steps (0: never)
         eval_images=4,           # held-out pairs used at each validation
         final_eval=True,         # derain all held-out pairs at the end and score them
         max_bad_steps=10,        # NaN/inf losses in a row before the run stops
@@ -128,9 +130,9 @@ def launch():
 # Presets fill in the data; their files are made on first use (see prepare_data).
 PRESETS = {
     "synthetic": dict(),
-    "rain100l": dict(crop=64, minutes=60.0, eval_every=2000, ckpt_every=1000),
-    "rain100h": dict(crop=64, minutes=60.0, eval_every=2000, ckpt_every=1000),
-    "rain100": dict(crop=64, minutes=60.0, eval_every=2000, ckpt_every=1000),
+    "rain100l": dict(crop=64, minutes=60.0, ckpt_every=1000),
+    "rain100h": dict(crop=64, minutes=60.0, ckpt_every=1000),
+    "rain100": dict(crop=64, minutes=60.0, ckpt_every=1000),
     "custom": dict(),
 }
 # (shared sets, last training number): numbers 1-50 train, 51-60 validate. Rain100L and Rain100H
@@ -141,7 +143,8 @@ PRESET_SPLITS = {"rain100l": (("Rain100L",), 50), "rain100h": (("Rain100H",), 50
 CHOICES = {"representation": representations.names(), "target": representations.TARGETS,
            "norm": representations.NORMS, "schedule": ("cosine", "linear"),
            "prediction": ("eps", "x0", "v"), "loss": ("model", "image", "mix"),
-           "network": NETWORKS, "process": PROCESSES,
+           "network": NETWORKS, "process": PROCESSES, "preset": tuple(PRESETS),
+           "model": tuple(MODEL_PRESETS),
            "sampler": ("ddim", "ddpm"), "amp": ("bf16", "fp16", "none")}
 EXIT_STOPPED, EXIT_NON_FINITE, EXIT_OUT_OF_SYNC = 3, 4, 5
 
@@ -175,19 +178,48 @@ def load_config_file(path):
     return data
 
 
+def launch_comments():
+    """{key: its comment in launch()} (continuation lines joined): the --help text, written
+    once beside the default it explains."""
+    import inspect
+    import re
+    comments, key = {}, None
+    for line in inspect.getsource(launch).splitlines():
+        m = re.match(r"\s*(\w+)=.*?#\s?(.*)$", line)
+        if m:
+            key = m.group(1)
+            comments[key] = m.group(2).strip()
+        elif key and re.match(r"\s*#\s?(.*)$", line) and not line.strip().startswith("# ----"):
+            comments[key] += " " + re.match(r"\s*#\s?(.*)$", line).group(1).strip()
+        else:
+            key = None
+    return comments
+
+
 def resolve_config(argv=None):
     """launch() < preset < --config file < --key value. Returns (config, dry_run)."""
     cfg = launch()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], allow_abbrev=False,
+        epilog="Every flag is a key of launch() (its comment above, its default in brackets); a "
+               "preset, then --config, then the flags override the defaults. Presets: "
+               + ", ".join(f"{k} ({', '.join(f'{a}={b}' for a, b in v.items()) or 'launch()'})"
+                           for k, v in PRESETS.items()))
     ap.add_argument("--config", help="JSON or YAML file of overrides")
-    ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the resolved config (with the data paths a preset will use) and "
+                         "exit")
+    comments = launch_comments()
     for key, value in cfg.items():
         flag = "--" + key.replace("_", "-")
+        text = f"{comments.get(key, '')} [{json.dumps(value)}]".replace("%", "%%")
         if key == "resume":
-            ap.add_argument(flag, nargs="?", const="auto", default=None,
-                            help="resume: the run dir's latest checkpoint, or a path")
+            ap.add_argument(flag, nargs="?", const="auto", default=None, help=text)
         else:
-            ap.add_argument(flag, dest=key, default=None, metavar=type(value).__name__.upper())
+            kind = "BOOL" if isinstance(value, bool) else "JSON" if isinstance(value, (dict, list)) \
+                else type(value).__name__.upper()
+            ap.add_argument(flag, dest=key, default=None, help=text, choices=CHOICES.get(key),
+                            metavar=None if key in CHOICES else kind)
     args = ap.parse_args(argv)
     file_cfg = load_config_file(args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if k in cfg and v is not None}
@@ -236,6 +268,21 @@ def stats_path(cfg):
     opts = "".join(f"_{k}{cfg[k]}" for k in representations.get_class(cfg["representation"])
                    .options)
     return f"{stem}_stats_{cfg['representation']}{linear}{opts}_{cfg['crop']}.json"
+
+
+def planned_paths(cfg):
+    """cfg with the CSV and statistics paths its preset will use (made by prepare_data)."""
+    cfg = dict(cfg)
+    if not cfg["csv"] and (cfg["preset"] == "synthetic" or cfg["preset"] in PRESET_SPLITS):
+        out = REPO / "data" / "presets" / cfg["preset"]
+        cfg["csv"], cfg["val_csv"] = str(out / "train.csv"), str(out / "val.csv")
+    if cfg["csv"] and not cfg["stats"] and \
+            representations.get_class(cfg["representation"]).needs_statistics:
+        cfg["stats"] = stats_path(cfg)
+    for key in ("csv", "val_csv", "stats"):
+        if cfg[key]:
+            cfg[key] = _rel(cfg[key])
+    return cfg
 
 
 def prepare_data(cfg, log=print):
@@ -575,9 +622,9 @@ class Trainer:
     """The training loop: steps, stops, logs, checkpoints and validations. It sees the levers
     only through Parts (the network, the loss, the optimiser) and the validate callable."""
 
-    def __init__(self, cfg, env, parts, validate=None, log=print):
+    def __init__(self, cfg, env, parts, validate=None, log=None):
         self.cfg, self.env, self.parts, self.validate_fn = cfg, env, parts, validate
-        self.say = log if env.master else (lambda msg: None)
+        self.say = (log or _above_bar) if env.master else (lambda msg: None)
         self.run_dir = Path(cfg["run_dir"])
         self.stop_file = self.run_dir / "STOP"
         self.step_fn = TrainStep(cfg, parts, env)
@@ -667,15 +714,20 @@ class Trainer:
         self.t_start = time.time()
         stream = iter(get_data(cfg, self.parts.rep, train=True,
                                start=self.step * cfg["grad_accum"], seed=cfg["seed"]))
-        from tqdm import tqdm
-        bar = tqdm(total=cfg["max_steps"] or None, initial=self.step, disable=not env.master,
-                   unit="step", dynamic_ncols=True)
+        bar = self._bar()
+        points = int(cfg["eval_points"])
+        done_points = int(self.plan.progress(self.step, self.elapsed_before) * points)
         t_last, imgs_since, exit_code = time.time(), 0, 0
         try:
             while True:
+                elapsed = self.elapsed()
+                progress = self.plan.progress(self.step, elapsed)
+                self._show(bar, progress, elapsed)
+                if points and int(progress * points) > done_points and done_points < points:
+                    done_points = int(progress * points)
+                    self.validate()  # at 1/n, 2/n, ... of the run; n/n is the end
                 if cfg["max_steps"] and self.step >= cfg["max_steps"]:
                     break
-                elapsed = self.elapsed()
                 if cfg["minutes"] and elapsed >= 60 * cfg["minutes"]:
                     self.say(f"time budget of {cfg['minutes']} min reached at step {self.step}")
                     break
@@ -700,14 +752,14 @@ class Trainer:
                 self.bad_steps = 0
                 self.step += 1
                 imgs_since += n_imgs
-                bar.update(1)
                 if self.step % cfg["log_every"] == 0 or self.step == 1:
                     dt = time.time() - t_last
                     rec = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
                            "img_per_s": imgs_since / max(dt, 1e-9),
                            "elapsed_s": round(self.elapsed_before + time.time() - self.t_start,
                                               1)}
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rec['img_per_s']:.1f}")
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}",
+                                    img_s=f"{rec['img_per_s']:.1f}", refresh=False)
                     self.log.write(rec)
                     t_last, imgs_since = time.time(), 0
                 if cfg["ckpt_every"] and self.step % cfg["ckpt_every"] == 0:
@@ -719,6 +771,26 @@ class Trainer:
             bar.close()
             self.log.close()
         return exit_code
+
+    def _bar(self):
+        """A progress bar of the run: of its budget (minutes and/or max_steps: per mille of the
+        run, with the minutes used and tqdm's ETA) or, with no end, of its steps."""
+        from tqdm import tqdm
+        has_end = bool(self.cfg["max_steps"] or self.cfg["minutes"])
+        return tqdm(total=1000 if has_end else None, disable=not self.env.master,
+                    dynamic_ncols=True, unit="\u2030" if has_end else "step",
+                    bar_format="{desc}{percentage:3.0f}%|{bar}| ETA {remaining}{postfix}"
+                    if has_end else None)
+
+    def _show(self, bar, progress, elapsed):
+        if bar.total:
+            bar.update(int(progress * 1000) - bar.n)
+            budget = f"/{self.cfg['minutes']:g}" if self.cfg["minutes"] else ""
+            steps = f"/{self.cfg['max_steps']}" if self.cfg["max_steps"] else ""
+            bar.set_description_str(f"step {self.step}{steps}, {elapsed / 60:.1f}{budget} min ",
+                                    refresh=False)
+        else:
+            bar.update(self.step - bar.n)
 
     def validate(self):
         """Derain a few held-out pairs with the EMA model: PSNR-Y in the log and a figure."""
@@ -732,6 +804,12 @@ class Trainer:
 
 class RanksOutOfSync(RuntimeError):
     pass
+
+
+def _above_bar(msg):
+    """Print a message above the progress bar (never through it)."""
+    from tqdm import tqdm
+    tqdm.write(str(msg))
 
 
 # ===================================================================== evaluation
@@ -769,8 +847,7 @@ def final_evaluation(cfg, parts, env, model, step):
     run_dir = Path(cfg["run_dir"])
     derainer = derainer_for(cfg, parts, model, env)
     report = derain_items(derainer, pairs_items(cfg["val_csv"]), out_dir=run_dir / "derained",
-                          score=True, progress=True, keep=4,
-                          say=lambda m: print(m, file=sys.stderr))
+                          score=True, progress=True, keep=4, say=_above_bar)
     if not report.rows:
         print(f"error: none of the pairs of {cfg['val_csv']} could be derained", file=sys.stderr)
         return None
@@ -784,6 +861,11 @@ def final_evaluation(cfg, parts, env, model, step):
                "sample_steps": cfg["sample_steps"],
                "seconds_per_image": report.seconds_per_image}
     (run_dir / "final_eval.json").write_text(json.dumps(summary, indent=1) + "\n")
+    log = RunLog(run_dir, True, print)  # the final numbers beside the training curves too
+    log.write({"step": step, "final_psnr_y": s["psnr_y"], "final_ssim_y": s["ssim_y"],
+               "final_input_psnr_y": summary["input_psnr_y"],
+               "final_input_ssim_y": summary["input_ssim_y"], "final_pairs": s["n"]})
+    log.close()
     print(f"\nheld-out pairs ({s['n']}, {cfg['val_csv']}), {cfg['sampler']} "
           f"{cfg['sample_steps']} steps:")
     print(f"  rainy input : PSNR-Y {summary['input_psnr_y']:6.2f} dB   "
@@ -795,10 +877,10 @@ def final_evaluation(cfg, parts, env, model, step):
 
 
 # ===================================================================== main
-def setup(cfg, env, log=print):
+def setup(cfg, env, log=None):
     """Data, seeds, the levers and the loop for a resolved config -> Trainer."""
     if env.master:
-        prepare_data(cfg, log)
+        prepare_data(cfg, log or _above_bar)
     cfg.update(env.broadcast_object(cfg))  # the other ranks read rank 0's data paths
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
@@ -818,30 +900,40 @@ def setup(cfg, env, log=print):
     return trainer
 
 
+def run(cfg, env):
+    """Train (and evaluate) a resolved config; returns the exit status."""
+    try:
+        trainer = setup(cfg, env)
+    except (ValueError, OSError) as e:  # bad statistics, checkpoint, CSV: say which and why
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        code = trainer.train()
+    except RanksOutOfSync as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_OUT_OF_SYNC
+    if code == 0 and env.master and cfg["final_eval"] and cfg["val_csv"]:
+        if final_evaluation(cfg, trainer.parts, env, trainer.parts.ema.module,
+                            trainer.step) is None:
+            code = 1
+    return code
+
+
 def main(argv=None):
     cfg, dry_run = resolve_config(argv)
     if dry_run:
-        print(json.dumps(cfg, indent=1))
+        print(json.dumps(planned_paths(cfg), indent=1))
         return 0
     env = Distributed(cfg["device"])
+    code = 1
     try:
-        try:
-            trainer = setup(cfg, env)
-        except (ValueError, OSError) as e:  # bad statistics, checkpoint, CSV: say which and why
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        try:
-            code = trainer.train()
-        except RanksOutOfSync as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_OUT_OF_SYNC
-        if code == 0 and env.master and cfg["final_eval"] and cfg["val_csv"]:
-            if final_evaluation(cfg, trainer.parts, env, trainer.parts.ema.module,
-                                trainer.step) is None:
-                code = 1
-        return code
+        code = run(cfg, env)
     finally:
         env.close()
+        if env.master:  # torchrun reports any failure as 1; train.sh reads the real status here
+            from helpers.images import write_text
+            write_text(Path(cfg["run_dir"]) / "exit_status", f"{code}\n")
+    return code
 
 
 if __name__ == "__main__":

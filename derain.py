@@ -1,17 +1,23 @@
 """Derain images of any size with a trained checkpoint, and score them.
 
+    python derain.py photo.jpg                       # the newest checkpoint under runs/, out derained/
     python derain.py --ckpt runs/synthetic-fft/ckpt_00004000.pt photo.jpg folder/ --out derained/
     python derain.py --ckpt CKPT pairs.csv --out out/ --eval            # clean column as target
     python derain.py --ckpt CKPT rainy_dir/ --out out/ --eval clean_dir/ --steps 50 --ensemble 4
+    python derain.py --export CKPT --out model.pt [--fp16]     # a small inference-only file
 
 Everything the model needs comes from the checkpoint, the sampling settings too (its config's
 sampler, sample_steps, eta, guidance, clip_x0, ensemble, sample_batch); a flag overrides one. The
 deraining itself (windows of the training crop, blended in image space) is sampling.py's.
 
-Outputs: OUT/<stem>.png (lossless; inputs sharing a stem get '<parent folder>_<stem>'), and with
---eval OUT/scores.csv (per image: ours and the rainy input, see helpers/metrics.py). A bad input
-is reported on one line naming it and skipped; the exit status is 1 if any failed, 2 for a bad
-checkpoint or arguments. `python derain.py --help` lists the sampling options.
+Every ordinary image is derained in its own form (helpers/images.py): the model sees RGB
+(grayscale replicated), and OUT/<stem>.png keeps the input's size, grayscale or colour, bit depth
+(16-bit stays 16-bit) and alpha channel (passed through unchanged); an EXIF rotation is applied
+first, so the output is upright; a palette image comes back as full-colour RGB (its palette
+cannot hold the derained colours). Inputs sharing a stem get '<parent folder>_<stem>'. With
+--eval, OUT/scores.csv (per image: ours and the rainy input, see helpers/metrics.py). A file that
+cannot be decoded is reported on one line naming it and skipped; the exit status is 1 if any
+failed, 2 for a bad checkpoint or arguments. `python derain.py --help` lists the options.
 """
 import argparse
 import os
@@ -19,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from checkpoint import CheckpointError, load_derainer
+from checkpoint import CheckpointError, export_checkpoint, load_derainer, newest_checkpoint
 from helpers.images import is_image_file, natural_key
 from helpers.metrics import index_by_stem
 from helpers.statistics import read_pairs
@@ -92,11 +98,18 @@ def _parser():
         epilog="Outputs: DIR/<stem>.png (lossless); with --eval also DIR/scores.csv. Exit "
                "status 0 if every input was derained (and scored), 1 if any failed, 2 for a "
                "bad checkpoint or bad arguments.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="image file, folder of images (not recursive) or pairs CSV "
                         "(image_filepath,image_rain_filepath: the rainy column is derained)")
-    p.add_argument("--ckpt", required=True, help="checkpoint written by ddpm_conditional.py")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--ckpt", default=None,
+                   help="checkpoint written by ddpm_conditional.py or --export (default: the "
+                        "newest .pt under runs/)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default derained/); with --export, the file to write")
+    p.add_argument("--export", default=None, metavar="CKPT",
+                   help="write an inference-only copy of CKPT (EMA weights, config, "
+                        "normalisation; no optimiser) to --out and exit")
+    p.add_argument("--fp16", action="store_true", help="with --export: float16 weights")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default=None,
                    help="default: the checkpoint's sampler")
     p.add_argument("--steps", type=int, default=None,
@@ -143,6 +156,19 @@ def _check_args(p, a):
                 "--eval after the inputs to score against a pairs CSV's clean column)")
 
 
+def _export(p, a):
+    if not a.out:
+        p.error("--export needs --out FILE.pt")
+    try:
+        before, after = export_checkpoint(a.export, a.out, fp16=a.fp16)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {a.out}: {after / 1e6:.1f} MB ({'float16' if a.fp16 else 'float32'} EMA "
+          f"weights, config, normalisation) from {a.export} ({before / 1e6:.1f} MB)")
+    return 0
+
+
 def _report_scores(report, n_bad_inputs, out_dir):
     """Write DIR/scores.csv and print the summary table (ours beside the rainy input)."""
     from helpers.metrics import format_summary, write_scores_csv
@@ -163,9 +189,22 @@ def main(argv=None):
 
     p = _parser()
     a = p.parse_intermixed_args(argv)
+    if a.export:
+        return _export(p, a)
+    if not a.inputs:
+        p.error("give at least one INPUT (an image, a folder or a pairs CSV)")
     _check_args(p, a)
     t_start = time.time()
     say = lambda msg: tqdm.write(msg, file=sys.stderr)
+    if a.ckpt is None:
+        a.ckpt = newest_checkpoint("runs")
+        if a.ckpt is None:
+            print("error: no checkpoint given and none under runs/; train one with `python "
+                  "ddpm_conditional.py` (about 10 minutes on a CPU) or give --ckpt",
+                  file=sys.stderr)
+            return 2
+        print(f"using the newest checkpoint under runs/: {a.ckpt}", file=sys.stderr)
+    a.out = a.out or "derained"
 
     items, failed = expand_inputs(a.inputs)
     for msg in failed:
@@ -213,6 +252,11 @@ def main(argv=None):
     if a.eval is not None:
         _report_scores(report, len(failed), out_dir)
     n_failed = len(failed) + len(report.failed)
+    not_derained = [m.split(": ")[0] for m in failed] + report.failed
+    if not_derained:  # the summary: every file that failed, once more, after the bar
+        print("not derained: " + ", ".join(not_derained), file=sys.stderr)
+    if report.unscored:
+        print("not scored: " + ", ".join(report.unscored), file=sys.stderr)
     print(f"derained {report.n_done}, failed {n_failed}" +
           (f", not scored {len(report.unscored)}" if report.unscored else "") +
           f" ({(time.time() - t_start) / max(1, report.n_done):.2f} s per image); outputs in "

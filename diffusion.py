@@ -90,9 +90,7 @@ class Diffusion:
 
     # ------------------------------------------------------------ the process interface
     def draw(self, x0, generator=None):
-        t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator,
-                          device=x0.device)
-        return t, torch.randn(x0.shape, generator=generator, device=x0.device)
+        return draw_t_and_noise(x0, self.timesteps, generator)
 
     def train_input(self, x0, start, t, noise):
         return self.q_sample(x0, t, noise)
@@ -131,9 +129,7 @@ class Bridge:
         return s.view(-1, *([1] * (like.dim() - 1)))
 
     def draw(self, x0, generator=None):
-        t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator,
-                          device=x0.device)
-        return t, torch.randn(x0.shape, generator=generator, device=x0.device)
+        return draw_t_and_noise(x0, self.timesteps, generator)
 
     def _sigma(self, s):
         return self.noise * (s * (1 - s)).clamp(min=0).sqrt()
@@ -205,6 +201,19 @@ class Regression:
 
 
 PROCESSES = ("diffusion", "bridge", "regression")
+
+
+def draw_t_and_noise(x0, timesteps, generator=None):
+    """(t, noise) for a training batch: from one generator, or one generator per sample (then a
+    sample's draws do not depend on the batch it is in)."""
+    if isinstance(generator, (list, tuple)):
+        t = torch.cat([torch.randint(0, timesteps, (1,), generator=g, device=x0.device)
+                       for g in generator])
+        noise = torch.stack([torch.randn(x0.shape[1:], generator=g, device=x0.device)
+                             for g in generator])
+        return t, noise
+    t = torch.randint(0, timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+    return t, torch.randn(x0.shape, generator=generator, device=x0.device)
 
 
 def make_process(cfg):

@@ -3,10 +3,11 @@
     loss = make_loss(cfg, diffusion, representation)
     per_element = loss(net, batch, generator)       # the training loop takes its mean
 
-A loss draws the time and the noise of each sample from `generator` through the process
-(diffusion.py; in that order, so a resumed run draws what the uninterrupted one would have), makes
-the network's input (the noised target, or a point on the bridge from the rainy input), calls the
-network and compares. The batch (utils.FFTDataset) carries the rainy and clean windows as well,
+A loss draws the time and the noise of each sample through the process (diffusion.py), from a
+generator of its own seeded by (seed, the sample's position in the run's stream), so a resumed
+run draws what the uninterrupted one would have and W ranks of B samples draw what one process of
+W B samples draws; it makes the network's input (the noised target, or a point on the bridge from
+the rainy input), calls the network and compares. The batch (utils.FFTDataset) carries the rainy and clean windows as well,
 so a loss can decode the network's x0 estimate and measure it in image space.
 
     model  MSE of the network's output in the model's space (what the process asks for: the
@@ -19,6 +20,8 @@ so a loss can decode the network's x0 estimate and measure it in image space.
 """
 import torch
 
+from helpers.seeding import hash_seed
+
 # The image loss is expressed in units of an RMS error of 0.1 (20 dB PSNR), so that its values
 # are of the order of the model-space loss (gradient clipping and Adam's epsilon see similar
 # magnitudes); 1 / IMAGE_UNIT^2 = 100.
@@ -27,10 +30,15 @@ IMAGE_UNIT = 0.1
 
 def drop_condition(cond, p_uncond, generator):
     """With p_uncond > 0, replace the condition of that fraction of the batch by zeros: the
-    unconditional model that classifier-free guidance needs."""
+    unconditional model that classifier-free guidance needs. generator: one, or one per
+    sample."""
     if p_uncond <= 0:
         return cond
-    keep = torch.rand(cond.shape[0], generator=generator, device=cond.device) >= p_uncond
+    if isinstance(generator, (list, tuple)):
+        u = torch.cat([torch.rand(1, generator=g, device=cond.device) for g in generator])
+    else:
+        u = torch.rand(cond.shape[0], generator=generator, device=cond.device)
+    keep = u >= p_uncond
     return cond * keep.view(-1, *([1] * (cond.dim() - 1))).to(cond.dtype)
 
 
@@ -40,13 +48,27 @@ class DiffusionLoss:
 
     name = ""
 
-    def __init__(self, process, representation, p_uncond=0.0):
+    def __init__(self, process, representation, p_uncond=0.0, seed=0):
         self.process, self.rep, self.p_uncond = process, representation, float(p_uncond)
+        self.seed = int(seed)
+
+    def generators(self, batch, generator=None):
+        """One generator per sample, seeded by (seed, the sample's position in the run's
+        stream), when the batch says where its samples are; else `generator`. Per-sample
+        draws make a sample's noise independent of how the job is split into ranks and
+        micro-batches."""
+        pos = batch.get("position")
+        if pos is None or bool((pos < 0).any()):
+            return generator
+        device = batch["target"].device
+        return [torch.Generator(device=device).manual_seed(hash_seed("noise", self.seed, int(p)))
+                for p in pos]
 
     def __call__(self, net, batch, generator=None):
         x0, cond = batch["target"], batch["cond"]
-        t, noise = self.process.draw(x0, generator)
-        cond = drop_condition(cond, self.p_uncond, generator)
+        gens = self.generators(batch, generator)
+        t, noise = self.process.draw(x0, gens)
+        cond = drop_condition(cond, self.p_uncond, gens)
         start = None
         if self.process.needs_start:  # the rainy end: the encoding of the pair (rain, rain)
             with torch.autocast(x0.device.type, enabled=False):
@@ -85,8 +107,8 @@ class MixLoss(DiffusionLoss):
 
     name = "mix"
 
-    def __init__(self, process, representation, p_uncond=0.0, mix=0.5):
-        super().__init__(process, representation, p_uncond)
+    def __init__(self, process, representation, p_uncond=0.0, seed=0, mix=0.5):
+        super().__init__(process, representation, p_uncond, seed)
         self.mix = float(mix)
         self.parts = (ModelLoss(process, representation), ImageLoss(process, representation))
 
@@ -106,4 +128,5 @@ def make_loss(cfg, process, representation):
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     kw = {"mix": cfg["loss_mix"]} if name == "mix" else {}
-    return LOSSES[name](process, representation, cfg.get("p_uncond", 0.0), **kw)
+    return LOSSES[name](process, representation, cfg.get("p_uncond", 0.0), cfg.get("seed", 0),
+                        **kw)

@@ -102,7 +102,7 @@ class Pair:
 @dataclass(frozen=True)
 class Problem:
     path: str
-    kind: str  # unreadable, missing, grayscale, alpha channel, 16-bit, size mismatch, unpaired...
+    kind: str  # unreadable, missing, unsupported mode, size mismatch, unpaired, ...
     message: str  # one line, starts with the file it is about
 
     @property
@@ -313,8 +313,7 @@ def find_pairs(root, problems=None):
 # ---------------------------------------------------------------- validation
 def _classify(message):
     for word, kind in (("not found", "missing"), ("cannot be read", "unreadable"),
-                       ("grayscale", "grayscale"), ("alpha", "alpha channel"),
-                       ("16-bit", "16-bit/float")):
+                       ("unsupported image mode", "unsupported mode")):
         if word in message:
             return kind
     return "bad image"

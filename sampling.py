@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from diffusion import sample
-from helpers.images import ImageError, read_rgb, to_uint8, write_rgb
+from helpers.images import (ImageError, output_names, read_picture, read_rgb, to_uint8,
+                            write_picture)
 from helpers.seeding import hash_seed
 
 OVERLAP = 0.5  # fraction of a window shared with its neighbour when deraining
@@ -243,22 +244,8 @@ def pairs_items(csv, limit=None):
 
 
 def assign_names(items):
-    """Give every item a unique output stem: its own stem, or, when several inputs share a stem,
-    '<parent folder>_<stem>' (then a numeric suffix if that still collides). Compared without
-    case, so no two outputs can land on one file on a case-insensitive file system."""
-    counts = {}
-    for it in items:
-        counts[it.path.stem.casefold()] = counts.get(it.path.stem.casefold(), 0) + 1
-    plain = {it.path.stem.casefold() for it in items if counts[it.path.stem.casefold()] == 1}
-    used = set()
-    for it in items:
-        stem = it.path.stem
-        name = stem if counts[stem.casefold()] == 1 else \
-            f"{it.path.parent.name or 'input'}_{stem}"
-        base, k = name, 2
-        while name.casefold() in used or (name != stem and name.casefold() in plain):
-            name, k = f"{base}_{k}", k + 1
-        used.add(name.casefold())
+    """Give every item its unique output stem (helpers.images.output_names)."""
+    for it, name in zip(items, output_names([it.path for it in items])):
         it.name = name
     return items
 
@@ -313,19 +300,23 @@ def derain_items(derainer, items, out_dir=None, score=False, seed=0, progress=Tr
         for index, it in enumerate(items):
             bar.set_postfix_str(it.name, refresh=False)
             try:
-                rain_u8 = read_rgb(it.path)
-                h, w = rain_u8.shape[:2]
+                pic = read_picture(it.path)  # any ordinary mode; written back in its own form
+                w, h = pic.size
                 s = derainer.settings
                 n_win = count_windows(h, w, derainer.rep.crop, s["ensemble"])
                 inner = tqdm(total=n_win, desc=f"  {it.name}", unit="win", leave=False,
                              disable=not progress or n_win <= s["sample_batch"],
                              dynamic_ncols=True)
                 try:
-                    pred_u8 = derainer(rain_u8, image_seed(seed, index), progress=inner)
+                    g = torch.Generator(device=derainer.device).manual_seed(
+                        image_seed(seed, index))
+                    pred = derainer.derain(pic.rgb.transpose(2, 0, 1), g, progress=inner)
                 finally:
                     inner.close()
                 if out_dir is not None:
-                    write_rgb(out_dir / f"{it.name}.png", pred_u8)
+                    write_picture(out_dir / f"{it.name}.png", pic.restore(pred.transpose(1, 2, 0)))
+                pred_u8, rain_u8 = to_uint8(pred), pic.rgb_u8()
+                del pred
                 report.n_done += 1
             except torch.cuda.OutOfMemoryError as e:
                 say(f"error: {it.path}: out of GPU memory ({str(e).splitlines()[0]}); try a "

@@ -52,6 +52,10 @@ def _rep_text(rep):
 
 def _norm_text(norm, span):
     # the same reading of the name as representations.base.Representation._ranges
+    if norm == "scalar_std":
+        return f"one scale, mean \u00b1 {span:g} std"
+    if norm == "partial_std":
+        return f"per frequency, mean \u00b1 {span:g} std^\u03b3"
     where = "per frequency" if norm.startswith("perfreq") else "per channel"
     how = f"mean \u00b1 {span:g} std" if norm.endswith("_std") else "min/max"
     return f"{where}, {how}"
@@ -361,8 +365,9 @@ def draw_pipeline(out="training_pipeline.png", labels=None, example=True):
                 fontsize=7.2, color="#333")
         cv.thumb(ex["decoded"], b_out[0] + (w - 9.5) / 2, yC + 6.3, 9.5)
         ax.text(b_out[0] + w / 2, yC + 0.6,
-                f"example window decoded\nfrom its true target\n(max error "
-                f"{ex['decode_err']:.0e})", ha="center", va="bottom", fontsize=6.9, color="#333")
+                "example window decoded\nfrom its true target\n(max error "
+                + ("< 1e-12)" if ex["decode_err"] < 1e-12 else f"{ex['decode_err']:.0e})"),
+                ha="center", va="bottom", fontsize=6.9, color="#333")
     return save_and_close(cv.fig, out)
 
 

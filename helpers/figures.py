@@ -26,8 +26,10 @@ def log_magnitude(img):
 def save_figure(fig, path):
     """Save atomically (the format follows the extension)."""
     ext = os.path.splitext(str(path))[1].lstrip(".") or "png"
+    # no "Software: matplotlib x.y" entry in a PNG: the bytes depend on the drawing only
+    meta = {"Software": None} if ext == "png" else None
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=ext, dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format=ext, dpi=110, bbox_inches="tight", metadata=meta)
     plt.close(fig)
 
 

@@ -214,6 +214,24 @@ def _pair_files(pred_dir, target_dir, input_dir):
     return tasks, errors
 
 
+def _pairs_tasks(pred_dir, csv_path):
+    """Tasks for a pairs CSV: the prediction of each rainy image is PRED_DIR/<its output
+    name>.png (helpers.images.output_names: as derain.py and the final evaluation name them),
+    its target the clean column, the rainy image the baseline."""
+    from helpers.images import output_names
+    from helpers.statistics import read_pairs
+    pairs = read_pairs(csv_path)
+    names = output_names([rain for _, rain in pairs])
+    tasks, errors = [], []
+    for name, (clean, rain) in zip(names, pairs):
+        pred = os.path.join(pred_dir, f"{name}.png")
+        if not os.path.exists(pred):
+            errors.append(f"{pred}: no prediction for {rain} (derain.py names it {name}.png)")
+            continue
+        tasks.append((name, pred, clean, rain))
+    return tasks, errors
+
+
 def _score_task(task):
     """Worker: score one (name, pred, target, input) task -> (row, None) or (None, message)."""
     name, pred_path, target_path, input_path = task
@@ -252,7 +270,9 @@ def default_workers():
 def score_folders(pred_dir, target_dir, input_dir=None, workers=None):
     """Score every prediction in `pred_dir` against the target of the same name stem in
     `target_dir` (rain-001.png pairs rain-001.jpg); with `input_dir`, also score the rainy input
-    of the same stem against the target (the do-nothing baseline).
+    of the same stem against the target (the do-nothing baseline). `target_dir` may instead be a
+    pairs CSV: then each rainy image's prediction is found by the name derain.py gives it, its
+    target is its clean image and the baseline is the rainy image itself.
 
     A target without a prediction (or input), a prediction without a target, two files with the
     same stem in one folder, an unreadable file or a size mismatch is recorded in `errors` (the
@@ -260,8 +280,12 @@ def score_folders(pred_dir, target_dir, input_dir=None, workers=None):
     are averaged over the same images. Only a missing folder raises (NotADirectoryError).
     `workers` processes score the pairs (default: default_workers(); 1 runs in this process).
     Returns a FolderScores (rows, summary, errors)."""
-    tasks, errors = _pair_files(os.fspath(pred_dir), os.fspath(target_dir),
-                                None if input_dir is None else os.fspath(input_dir))
+    if str(target_dir).lower().endswith(".csv"):
+        tasks, errors = _pairs_tasks(os.fspath(pred_dir), target_dir)
+        input_dir = "the pairs CSV's rainy column"
+    else:
+        tasks, errors = _pair_files(os.fspath(pred_dir), os.fspath(target_dir),
+                                    None if input_dir is None else os.fspath(input_dir))
     workers = default_workers() if workers is None else max(1, int(workers))
     workers = min(workers, max(1, len(tasks)))
     if workers == 1:
@@ -340,7 +364,9 @@ def main(argv=None):
                     "predictions in PRED_DIR against the targets of the same name stem in "
                     "TARGET_DIR. Exits 1 if any image failed.")
     p.add_argument("pred_dir", metavar="PRED_DIR")
-    p.add_argument("target_dir", metavar="TARGET_DIR")
+    p.add_argument("target_dir", metavar="TARGET_DIR",
+                   help="folder of clean targets (paired by name stem), or a pairs CSV (paired "
+                        "by the output names derain.py gives; the rainy column is the baseline)")
     p.add_argument("--input", metavar="RAIN_DIR", default=None,
                    help="rainy inputs: also report the do-nothing baseline (input vs target)")
     p.add_argument("--csv", metavar="PATH", default=None, help="write per-image scores here")
@@ -350,7 +376,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         result = score_folders(args.pred_dir, args.target_dir, args.input, workers=args.workers)
-    except NotADirectoryError as e:
+    except (OSError, ValueError) as e:  # a missing folder, an unreadable pairs CSV
         print(f"error: {e}", file=sys.stderr)
         return 1
     for err in result.errors:

@@ -261,7 +261,12 @@ def statistics_main(argv, log, defaults):
         print(f"error: {len(errors)} pair(s) failed; nothing written (--strict)")
         return 1
     save_statistics(stats, freq, args.out)
-    print(json.dumps({p: stats[p] for p in PARTS[:2]}, indent=1))
-    print(f"wrote {args.out} ({stats['rain']['number_of_images']} pairs"
-          + (f", {len(errors)} skipped" if errors else "") + ")")
+    first = representations.make(args.representation, crop=args.crop, log=log,
+                                 **options).channel_names[0]
+    print(f"wrote {args.out}: {stats['rain']['number_of_images']} pairs"
+          + (f" ({len(errors)} skipped)" if errors else "")
+          + f", {args.representation}, crop {args.crop}, {'signed log' if log else 'linear'}; "
+          f"e.g. diff {first} mean {stats['diff'][first + '_mean']:.4g} std "
+          f"{stats['diff'][first + '_std']:.4g}"
+          + (f"; per-frequency arrays in {os.path.splitext(args.out)[0]}.npz" if freq else ""))
     return 1 if errors else 0

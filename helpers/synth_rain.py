@@ -291,8 +291,8 @@ def _mpl_sample(filename):
     return load
 
 
-# Colour photographs that ship inside the wheels (checked with the network disabled). Left out on
-# purpose: camera/brick/grass/gravel/page (grayscale), retina/immunohistochemistry/hubble (not
+# Photographs that ship inside the wheels (checked with the network disabled). Left out on
+# purpose: brick/grass/gravel/page (textures, text), retina/immunohistochemistry/hubble (not
 # everyday scenes), logo/colorwheel (graphics), cells3d/kidney/... (need a pooch download).
 PHOTO_LOADERS = {
     "astronaut": _skimage("astronaut"),
@@ -302,17 +302,19 @@ PHOTO_LOADERS = {
     "motorcycle_right": _skimage("stereo_motorcycle", 1),
     "chelsea": _skimage("chelsea"),
     "grace_hopper": _mpl_sample("grace_hopper.jpg"),
+    "camera": _skimage("camera"),  # grayscale photos, replicated to RGB
+    "coins": _skimage("coins"),
 }
 # Separate photos for validation, so validation never sees a scene the model trained on
 # (the two motorcycle views are the same scene, so both stay in train).
 TRAIN_SOURCES = ("astronaut", "coffee", "rocket", "motorcycle_left", "motorcycle_right")
-VAL_SOURCES = ("chelsea", "grace_hopper")
+VAL_SOURCES = ("chelsea", "grace_hopper", "camera", "coins")
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 DEFAULT_SETTINGS = {
     "train": {"sources": list(TRAIN_SOURCES), "crops_per_source": 12, "variants": 5,
               "sizes": [128, 160, 192], "zooms": [1.0, 1.75, 2.5]},
-    "val": {"sources": list(VAL_SOURCES), "crops_per_source": 5, "variants": 1,
+    "val": {"sources": list(VAL_SOURCES), "crops_per_source": 3, "variants": 1,
             "sizes": [128, 160], "zooms": [1.5, 2.5]},
 }
 

@@ -30,20 +30,20 @@ def dct_matrix(b):
 
 class BlockDCT(FourierRepresentation):
     name = "blockdct"
-    summary = "DCT of b\u00d7b blocks as channels"
+    summary = "b\u00d7b block DCT"
     extra_channels = 0
     options = {"block": 8}
 
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.block = int(self.opts["block"])
-        if self.block < 2 or self.crop % self.block:
-            raise ValueError(f"blockdct: --crop {self.crop} must be a multiple of --block "
-                             f"{self.block} (>= 2)")
-        b = self.block
+    def __init__(self, target="diff", norm="perfreq_std", crop=64, log=True, stats=None,
+                 norm_gamma=0.5, block=8):
+        b = self.block = int(block)
+        if b < 2 or int(crop) % b:
+            raise ValueError(f"blockdct: --crop {crop} must be a multiple of --block {b} (>= 2)")
+        # set before the base class reads the statistics under these names
         self.channel_names = tuple(f"dct{k}_{l}_{c}" for c in "RGB" for k in range(b)
                                    for l in range(b))
         self._d = dct_matrix(b)
+        super().__init__(target, norm, crop, log, stats, norm_gamma, block=b)
 
     def shape(self, h, w):
         return self.channels, h // self.block, w // self.block

@@ -21,7 +21,7 @@ from representations.base import FourierRepresentation
 
 class Rfft2(FourierRepresentation):
     name = "rfft2"
-    summary = "Re F, Im F of the half spectrum"
+    summary = "Re, Im of the half FFT"
     channel_names = tuple(f"{k}_{c}" for k in ("real", "imag") for c in "RGB")
 
     def shape(self, h, w):

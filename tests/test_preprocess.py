@@ -269,8 +269,19 @@ def _bad_tree(root, kind):
     return img(root / "target" / "3.png", mode=mode)
 
 
-BAD = {"truncated": "cannot be read", "grayscale": "grayscale", "rgba": "alpha channel",
-       "16bit": "16-bit", "size": "differs from its clean image"}
+BAD = {"truncated": "cannot be read", "size": "differs from its clean image"}
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "rgba", "16bit"])
+def test_ordinary_modes_are_kept(tmp_path, capsys, kind):
+    # grayscale, RGBA and 16-bit files are ordinary images: paired, and read as 8-bit RGB
+    from helpers.images import read_rgb
+    other = _bad_tree(tmp_path / "set", kind)
+    out = tmp_path / "out" / "pairs.csv"
+    assert main([str(tmp_path / "set"), "--out", str(out), "--workers", "1"]) == 0
+    assert [r["rain_id"] for r in rows(out)] == ["1", "2", "3"]
+    assert "skipped" not in capsys.readouterr().err.split("wrote")[0]
+    assert read_rgb(other).shape[2] == 3
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))

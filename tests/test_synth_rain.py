@@ -244,11 +244,11 @@ def test_cli_on_user_photos(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["sources"]["1"].endswith("a.jpg")  # sorted order, recorded for the user
     assert read_rgb(out / "1.png").shape == (36, 40, 3)
-    # a grayscale file stops the run before anything is written, with a message naming it
-    Image.fromarray(np.zeros((20, 20), np.uint8)).save(src / "gray.png")
+    # a file that cannot be decoded stops the run before anything is written, naming it
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     out_bad = tmp_path / "bad"
     assert synth_rain.main([str(src), "--out", str(out_bad)]) == 2
-    assert "gray.png" in capsys.readouterr().err
+    assert "broken.png" in capsys.readouterr().err
     assert not out_bad.exists()
 
 

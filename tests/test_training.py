@@ -145,7 +145,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(data, tmp_path, monkeyp
     assert C.ckpt_paths(tmp_path / "nan")  # the last good checkpoint is kept
 
 
-def test_torchrun_two_cpu_ranks_stay_in_sync(data, tmp_path):
+def test_torchrun_two_cpu_ranks_train_like_one_process_with_the_same_batch(data, tmp_path):
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -156,9 +156,28 @@ def test_torchrun_two_cpu_ranks_stay_in_sync(data, tmp_path):
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     sync = [rec for rec in log if "ranks_in_sync" in rec]
     assert sync and sync[-1]["ranks_in_sync"] is True and len(sync[-1]["weights_digest"]) == 2
-    assert C.load_checkpoint(C.ckpt_paths(run_dir)[-1])["world"] == 2
+    ddp = C.load_checkpoint(C.ckpt_paths(run_dir)[-1])
+    assert ddp["world"] == 2
     # only rank 0 writes: one log line per step
     assert [rec["step"] for rec in log if "loss" in rec] == [1, 2, 3]
+    # two ranks of 4 samples = one process of 8: the same samples, crops and noise (all derive
+    # from each sample's position in the run), the gradient of the same mean loss
+    single_dir = tmp_path / "single"
+    args = _args(data, single_dir, "--max-steps", "3", "--device", "cpu")
+    args[args.index("--batch-size") + 1] = "8"
+    r = _run(args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    single = C.load_checkpoint(C.ckpt_paths(single_dir)[-1])
+    for part in ("model", "ema"):
+        for k, v in single[part].items():
+            torch.testing.assert_close(ddp[part][k], v, rtol=1e-4, atol=1e-6, msg=f"{part} {k}")
+    # and grad_accum 2 x 4 samples is the same again
+    accum_dir = tmp_path / "accum"
+    r = _run(_args(data, accum_dir, "--max-steps", "3", "--device", "cpu", "--grad-accum", "2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    accum = C.load_checkpoint(C.ckpt_paths(accum_dir)[-1])
+    for k, v in single["model"].items():
+        torch.testing.assert_close(accum["model"][k], v, rtol=1e-4, atol=1e-6, msg=k)
 
 
 def test_stop_file_checkpoints_and_exits(data, tmp_path):
