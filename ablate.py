@@ -35,6 +35,8 @@ VARIANTS = {
     # the references
     "pixel": {"flags": ["--representation", "pixels"],
               "about": "the same UNet and diffusion in pixels (today's --representation pixels)"},
+    "pixel_x0": {"flags": ["--representation", "pixels", "--prediction", "x0"],
+                 "about": "the pixel reference predicting x0 (its loss is then the image MSE)"},
     "regression": {"flags": ["--representation", "pixels", "--process", "regression"],
                    "about": "the same UNet, one forward pass, trained on the clean image (MSE)"},
     # the Fourier model as it was, and one lever at a time
@@ -60,6 +62,17 @@ VARIANTS = {
     "trunk_bridge": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
                                "--loss", "image", "--process", "bridge"],
                      "about": "pixel trunk, bridge from the rainy input"},
+    "trunk_scalar": {"flags": ["--network", "pixel_trunk", "--prediction", "x0", "--signed-log",
+                               "false", "--loss", "image", "--norm", "scalar_std"],
+                     "about": "pixel trunk with one noise scale: white noise in pixels, i.e. "
+                              "the pixel-domain process (isolates EqualSNR)"},
+    "trunk_partial": {"flags": ["--network", "pixel_trunk", "--prediction", "x0",
+                                "--signed-log", "false", "--loss", "image", "--norm",
+                                "partial_std"], "about": "pixel trunk, std_f^0.5 noise"},
+    "trunk_freqsched": {"flags": ["--network", "pixel_trunk", "--prediction", "x0",
+                                  "--signed-log", "false", "--loss", "image",
+                                  "--freq-schedule", "0.5"],
+                        "about": "pixel trunk, low frequencies noised last (abar^(1-0.5(1-r)))"},
     "trunk_coupled": {"train_as": "trunk", "sample": {"coupled": True},
                       "about": "trunk, windows coupled while sampling"},
 }
@@ -264,13 +277,12 @@ def main(argv=None):
                 steps = max(1, int(args.minutes * 60 / s_per_step))
             (study / trained).mkdir(exist_ok=True)
             run_dir = study / trained / f"seed{seed}"
-            recs = read_log(run_dir)
-            if not any(r.get("step") == steps and "loss" in r for r in recs):
+            if not (run_dir / f"ckpt_{steps:08d}.pt").exists():  # not trained to the end yet
                 log(f"training {trained} seed {seed}: {steps} steps")
                 run_training(args, study, trained, seed,
                              ["--max-steps", str(steps), "--ckpt-every", str(max(1, steps // 4))],
                              log)
-                recs = read_log(run_dir)
+            recs = read_log(run_dir)
             minutes = max((r.get("elapsed_s", 0) for r in recs), default=0) / 60
             for n in eval_steps:
                 if (variant, str(seed), str(n)) in done:

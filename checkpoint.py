@@ -31,7 +31,7 @@ REQUIRED = ("step", "model", "config", "model_config", "representation")
 # Config keys added after version 2 was introduced, with the value that reproduces what a
 # checkpoint without them did.
 ADDED_KEYS = {"process": "diffusion", "network": "unet", "coupled": False, "bridge_noise": 0.1,
-              "norm_gamma": 0.5, "block": 8}
+              "norm_gamma": 0.5, "block": 8, "freq_schedule": 0.0}
 
 
 class CheckpointError(ValueError):
@@ -119,7 +119,7 @@ def model_from_checkpoint(ckpt, ema=True):
     cfg = ckpt["config"]
     try:
         rep = representations.from_state(ckpt["representation"])
-        diffusion = make_process(cfg)
+        diffusion = make_process(cfg, rep)
         model = build_network(cfg, rep, trunk_config=ckpt["model_config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: checkpoint is inconsistent ({type(e).__name__}: "
@@ -152,11 +152,11 @@ def export_checkpoint(src, dst, fp16=False):
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out = {"step": ckpt["step"], "model": state, "config": ckpt["config"],
            "model_config": ckpt["model_config"], "representation": ckpt["representation"],
-           "inference_only": True, "exported_from": Path(src).name}
+           "inference_only": True, "exported_from": Path(ckpt["path"]).name}
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, dst)
-    return Path(src).stat().st_size, dst.stat().st_size
+    return Path(ckpt["path"]).stat().st_size, dst.stat().st_size
 
 
 def newest_checkpoint(root="runs"):

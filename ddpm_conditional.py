@@ -77,6 +77,8 @@ def launch():
         process="diffusion",     # diffusion: from pure noise | bridge: from the rainy input |
                                  # regression: one pass, no process (diffusion.py)
         bridge_noise=0.1,        # the bridge's noise scale
+        freq_schedule=0.0,       # diffusion: noise low frequencies last (0: one schedule; s in
+                                 # (0, 1): coefficient at radius r follows abar ** (1 - s (1 - r)))
         timesteps=1000,          # training noise levels
         schedule="cosine",       # cosine | linear
         prediction="v",          # eps | x0 | v: what the network outputs
@@ -296,8 +298,11 @@ def prepare_data(cfg, log=print):
         out = REPO / "data" / "presets" / "synthetic"
         for split in ("train", "val"):
             csv = out / f"{split}.csv"
-            if not csv.exists():
+            if info["built"] or not csv.exists():  # a rebuilt set gets fresh CSVs (and stats)
                 write_pairs_csv(find_pairs(Path(info[split])), csv)
+                if info["built"]:
+                    for old in out.glob(f"{split}_stats_*"):
+                        old.unlink()
         cfg["csv"], cfg["val_csv"] = str(out / "train.csv"), str(out / "val.csv")
     elif preset in PRESET_SPLITS and not cfg["csv"]:
         from preprocess_csv import background_number, find_pairs, write_pairs_csv
@@ -427,7 +432,7 @@ class Parts:
 
     def __init__(self, cfg, env, representation=None):
         self.rep = representation if representation is not None else make_representation(cfg)
-        self.diffusion = make_process(cfg)
+        self.diffusion = make_process(cfg, self.rep)
         model = build_network(cfg, self.rep).to(env.device)
         if cfg["channels_last"]:
             model = model.to(memory_format=torch.channels_last)

@@ -165,7 +165,8 @@ def _export(p, a):
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {a.out}: {after / 1e6:.1f} MB ({'float16' if a.fp16 else 'float32'} EMA "
-          f"weights, config, normalisation) from {a.export} ({before / 1e6:.1f} MB)")
+          f"weights, config, normalisation) from {a.export} ({before / 1e6:.1f} MB, the training "
+          "checkpoint)")
     return 0
 
 

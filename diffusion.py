@@ -46,7 +46,10 @@ class Diffusion:
     name = "diffusion"
     needs_start = False
 
-    def __init__(self, timesteps=1000, schedule="cosine", prediction="v"):
+    def __init__(self, timesteps=1000, schedule="cosine", prediction="v", exponent=None):
+        """exponent: None (one schedule for every coefficient), or a tensor broadcasting against
+        a sample (e.g. (1, h, w)): coefficient f is noised as abar_t ** exponent_f, so one with
+        an exponent below 1 keeps its signal longer (see make_process, --freq-schedule)."""
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose {', '.join(SCHEDULES)}")
         if prediction not in PREDICTIONS:
@@ -55,10 +58,14 @@ class Diffusion:
         betas = (cosine_beta_schedule if schedule == "cosine" else linear_beta_schedule)(timesteps)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # abar_t for t = 0..T-1
+        self.exponent = None if exponent is None else torch.as_tensor(exponent, dtype=torch.float64)
 
     def _abar(self, t, like):
         a = self.alphas_cumprod.to(like.device)[t].to(like.dtype)
-        return a.view(-1, *([1] * (like.dim() - 1)))
+        a = a.view(-1, *([1] * (like.dim() - 1)))
+        if self.exponent is not None:  # per coefficient: (B, 1, ..) ** (.., h, w)
+            a = a ** self.exponent.to(like.device, like.dtype)
+        return a
 
     def q_sample(self, x0, t, noise):
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
@@ -110,7 +117,20 @@ class Diffusion:
         raise ValueError(f"unknown sampler {sampler!r}; choose ddim or ddpm")
 
 
-class Bridge:
+class _PredictsX0:
+    """A process that starts from the rainy input and whose network predicts x0 itself."""
+
+    needs_start = True
+    prediction = "x0"
+
+    def train_target(self, x0, t, noise):
+        return x0
+
+    def x0_estimate(self, out, x_t, t):
+        return out
+
+
+class Bridge(_PredictsX0):
     """From the rainy input to the clean target: x_t = (1 - s_t) x0 + s_t start +
     noise sqrt(s_t (1 - s_t)) eps, s_t = (t + 1) / T, so x_{T-1} is the rainy input itself and
     x_0 is within 1/T of the target. The network predicts x0. Sampling (deterministic with
@@ -118,8 +138,6 @@ class Bridge:
     implied noise (the DDIM idea on a bridge); eta > 0 redraws that fraction of it."""
 
     name = "bridge"
-    needs_start = True
-    prediction = "x0"
 
     def __init__(self, timesteps=1000, noise=0.1):
         self.timesteps, self.noise = int(timesteps), float(noise)
@@ -138,12 +156,6 @@ class Bridge:
         s = self._s(t, x0)
         return (1 - s) * x0 + s * start + self._sigma(s) * noise
 
-    def train_target(self, x0, t, noise):
-        return x0
-
-    def x0_estimate(self, out, x_t, t):
-        return out
-
     @torch.no_grad()
     def sample(self, model, cond, start=None, sampler="ddim", steps=4, eta=0.0, guidance=1.0,
                generator=None, clip=None, x_T=None, hook=None):
@@ -153,11 +165,7 @@ class Bridge:
         ts = _timesteps(self, steps)
         for i, t_now in enumerate(ts):
             t = torch.full((cond.shape[0],), t_now, device=cond.device, dtype=torch.long)
-            x0 = _guided(model, x, t, cond, guidance).to(x.dtype)
-            if clip:
-                x0 = x0.clamp(-clip, clip)
-            if hook is not None:
-                x0 = hook(x0, t_now)
+            x0 = _bounded(_guided(model, x, t, cond, guidance).to(x.dtype), clip, hook, t_now)
             if i == len(ts) - 1:
                 return x0
             s, s_next = self._s(t, x), self._s(torch.full_like(t, ts[i + 1]), x)
@@ -171,13 +179,11 @@ class Bridge:
         return x
 
 
-class Regression:
+class Regression(_PredictsX0):
     """No generative process: one forward pass from the rainy input (x = start, t = 0) predicts
     x0. The plain regression network every diffusion result is read against."""
 
     name = "regression"
-    needs_start = True
-    prediction = "x0"
     timesteps = 1
 
     def draw(self, x0, generator=None):
@@ -185,12 +191,6 @@ class Regression:
 
     def train_input(self, x0, start, t, noise):
         return start
-
-    def train_target(self, x0, t, noise):
-        return x0
-
-    def x0_estimate(self, out, x_t, t):
-        return out
 
     @torch.no_grad()
     def sample(self, model, cond, start=None, sampler="ddim", steps=1, eta=0.0, guidance=1.0,
@@ -216,11 +216,31 @@ def draw_t_and_noise(x0, timesteps, generator=None):
     return t, torch.randn(x0.shape, generator=generator, device=x0.device)
 
 
-def make_process(cfg):
-    """The process named by cfg['process'] with its settings."""
+def frequency_exponent(representation, strength):
+    """Per-coefficient schedule exponents that noise low frequencies last: 1 - strength (1 - r)
+    for a coefficient at normalised frequency radius r in [0, 1] (the representation's third
+    extra input), so the zero frequency follows abar ** (1 - strength) and the highest abar.
+    None for strength 0."""
+    if not strength:
+        return None
+    if not 0 < strength < 1:
+        raise ValueError(f"--freq-schedule must be in [0, 1), got {strength}")
+    c, h, w = representation.shape(representation.crop, representation.crop)
+    extra = representation.extra_inputs(h, w, dtype=torch.float64)
+    if extra is None or extra.shape[0] < 3:
+        raise ValueError(f"--freq-schedule needs a spectrum with frequency coordinates; the "
+                         f"{representation.name} representation has none")
+    return (1 - strength * (1 - extra[2]))[None]  # (1, h, w)
+
+
+def make_process(cfg, representation=None):
+    """The process named by cfg['process'] with its settings (cfg['freq_schedule'] needs the
+    representation)."""
     name = cfg.get("process", "diffusion")
     if name == "diffusion":
-        return Diffusion(cfg["timesteps"], cfg["schedule"], cfg["prediction"])
+        strength = cfg.get("freq_schedule", 0.0)
+        return Diffusion(cfg["timesteps"], cfg["schedule"], cfg["prediction"],
+                         frequency_exponent(representation, strength) if strength else None)
     if name == "bridge":
         return Bridge(cfg["timesteps"], cfg.get("bridge_noise", 0.1))
     if name == "regression":
@@ -236,6 +256,14 @@ def _guided(model, x, t, cond, guidance):
     out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, torch.zeros_like(cond)]))
     c, u = out.chunk(2)
     return u + guidance * (c - u)
+
+
+def _bounded(x0, clip, hook, t_now):
+    """An x0 estimate bounded to [-clip, clip] (clip None or 0: not), then passed through
+    hook(x0, t) when there is one."""
+    if clip:
+        x0 = x0.clamp(-clip, clip)
+    return hook(x0, t_now) if hook is not None else x0
 
 
 def _timesteps(diffusion, steps):
@@ -259,8 +287,7 @@ def ddim_sample(model, cond, diffusion, steps=20, eta=0.0, guidance=1.0, generat
         t = torch.full((cond.shape[0],), t_now, device=cond.device, dtype=torch.long)
         x0, eps = diffusion.split(_guided(model, x, t, cond, guidance).to(x.dtype), x, t)
         if clip or hook is not None:
-            x0 = x0.clamp(-clip, clip) if clip else x0
-            x0 = hook(x0, t_now) if hook is not None else x0
+            x0 = _bounded(x0, clip, hook, t_now)
             eps = (x - diffusion._abar(t, x).sqrt() * x0) / (1 - diffusion._abar(t, x)).sqrt()
         if i == len(ts) - 1:
             x = x0
@@ -284,10 +311,7 @@ def ddpm_sample(model, cond, diffusion, steps=None, guidance=1.0, generator=None
     for i, t_now in enumerate(ts):
         t = torch.full((cond.shape[0],), t_now, device=cond.device, dtype=torch.long)
         x0, _ = diffusion.split(_guided(model, x, t, cond, guidance).to(x.dtype), x, t)
-        if clip:
-            x0 = x0.clamp(-clip, clip)
-        if hook is not None:
-            x0 = hook(x0, t_now)
+        x0 = _bounded(x0, clip, hook, t_now)
         if i == len(ts) - 1:
             return x0
         a_t = diffusion._abar(t, x)

@@ -242,3 +242,25 @@ def test_regression_is_one_pass_from_the_rainy_input():
     out = Regression().sample(net, torch.zeros_like(start), start=start, steps=20)
     assert len(calls) == 1 and torch.equal(calls[0][1], torch.zeros(2, dtype=torch.long))
     torch.testing.assert_close(out, start + 1)
+
+
+def test_a_frequency_schedule_noises_low_frequencies_last():
+    import numpy as np
+
+    import representations
+    from diffusion import frequency_exponent
+    rep = representations.make("realimag", crop=16)
+    exp = frequency_exponent(rep, 0.5)
+    assert exp.shape == (1, 16, 16) and exp[0, 8, 8] == 0.5 and exp.max() <= 1
+    d = Diffusion(1000, "cosine", "x0", exponent=exp)
+    x0 = torch.ones(2, 6, 16, 16, dtype=torch.float64)
+    a = d._abar(torch.tensor([500, 500]), x0)  # (2, 1, 16, 16)
+    assert a[0, 0, 8, 8] > a[0, 0, 0, 0]  # the zero frequency keeps more signal
+    plain = Diffusion(1000, "cosine", "x0")._abar(torch.tensor([500]), x0).item()
+    assert a[0, 0, 8, 8].item() == pytest.approx(plain ** 0.5)
+    # the samplers work elementwise: the oracle still gives its answer back
+    out = ddim_sample(Oracle(d, x0), torch.zeros_like(x0), d, steps=5)
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="frequency coordinates"):
+        frequency_exponent(representations.make("pixels", crop=16), 0.5)
+    assert np.isfinite(exp.numpy()).all()

@@ -22,6 +22,7 @@ LEVERS = {
     "blockdct": ["--representation", "blockdct", "--block", "4"],
     "mix_loss": ["--loss", "mix", "--loss-mix", "0.3"],
     "coupled": ["--coupled", "true", "--sample-steps", "3"],
+    "freq_schedule": ["--freq-schedule", "0.5"],
 }
 
 
