@@ -76,10 +76,17 @@ VARIANTS = {
     "trunk_coupled": {"train_as": "trunk", "sample": {"coupled": True},
                       "about": "trunk, windows coupled while sampling"},
 }
-BASE = ["--preset", "rain100", "--minutes", "0", "--eval-every", "0", "--final-eval", "false",
-        "--log-every", "10"]
+# Every lever a variant may turn, at the values of the Fourier model before the study (the
+# variants' flags override these), so a variant means the same whatever launch()'s defaults are.
+LEVERS = ["--representation", "realimag", "--signed-log", "true", "--norm", "perfreq_std",
+          "--network", "unet", "--process", "diffusion", "--prediction", "v", "--loss", "model",
+          "--crop", "64", "--batch-size", "16", "--freq-schedule", "0", "--coupled", "false",
+          "--sample-steps", "2"]
+BASE = ["--preset", "rain100", "--minutes", "0", "--eval-every", "0", "--eval-points", "0",
+        "--final-eval", "false", "--log-every", "10", *LEVERS]
 SETS = ("Rain100L", "Rain100H")
-FIELDS = ["variant", "seed", "train_steps", "train_minutes", "sample_steps", "eval_seconds",
+FIELDS = ["variant", "seed", "train_steps", "train_minutes", "sample_steps", "pairs",
+          "eval_seconds",
           *[f"{s}_{m}" for s in SETS for m in ("psnr_y", "ssim_y", "input_psnr_y",
                                                "input_ssim_y")]]
 CALIBRATION_STEPS = (10, 40)  # the step time is measured between these steps
@@ -163,8 +170,9 @@ def write_results(path, rows):
     os.replace(tmp, path)
 
 
-def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads):
-    """PSNR-Y / SSIM-Y of one checkpoint on each validation set through sampling.py."""
+def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads, limit=None):
+    """PSNR-Y / SSIM-Y of one checkpoint on each validation set (its first `limit` pairs, or
+    all) through sampling.py."""
     import torch
 
     from checkpoint import ckpt_paths, load_derainer
@@ -174,7 +182,8 @@ def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads):
                                 **sample_overrides)
     out, t0 = {}, time.time()
     for name, csv_path in data_csvs.items():
-        report = derain_items(derainer, pairs_items(csv_path), score=True, progress=False,
+        report = derain_items(derainer, pairs_items(csv_path, limit=limit), score=True,
+                              progress=False,
                               say=lambda m: print(m, file=sys.stderr))
         s = report.summary
         if report.failed or report.unscored:
@@ -238,6 +247,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=0,
                     help="train every variant for this many steps instead (equal steps)")
     ap.add_argument("--eval-steps", default="1,2,20", help="sampler steps to evaluate")
+    ap.add_argument("--eval-pairs", type=int, default=0,
+                    help="evaluate on the first N pairs of each set only (0: all); such rows "
+                         "are kept apart from the full ones (column pairs)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every run")
     ap.add_argument("--data-root", default="../shared/data", help="the shared data folder")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
@@ -259,7 +271,8 @@ def main(argv=None):
     data_csvs = {name: presets / f"val_{name}.csv" for name in SETS}
     results_path = study / "results.csv"
     rows = read_results(results_path)
-    done = {(r["variant"], r["seed"], r["sample_steps"]) for r in rows}
+    pairs_key = str(args.eval_pairs or "all")
+    done = {(r["variant"], r["seed"], r["sample_steps"], r.get("pairs") or "all") for r in rows}
 
     for variant in variants:
         spec = VARIANTS[variant]
@@ -285,19 +298,23 @@ def main(argv=None):
             recs = read_log(run_dir)
             minutes = max((r.get("elapsed_s", 0) for r in recs), default=0) / 60
             for n in eval_steps:
-                if (variant, str(seed), str(n)) in done:
+                if (variant, str(seed), str(n), pairs_key) in done:
                     continue
-                log(f"evaluating {variant} seed {seed} at {n} sampling step(s)")
-                res = evaluate(run_dir, n, spec.get("sample", {}), data_csvs, args.threads)
+                log(f"evaluating {variant} seed {seed} at {n} sampling step(s) on "
+                    f"{pairs_key} pairs a set")
+                res = evaluate(run_dir, n, spec.get("sample", {}), data_csvs, args.threads,
+                               args.eval_pairs or None)
                 row = {"variant": variant, "seed": seed, "train_steps": steps,
-                       "train_minutes": round(minutes, 2), "sample_steps": n, **res}
+                       "train_minutes": round(minutes, 2), "sample_steps": n, "pairs": pairs_key,
+                       **res}
                 rows.append({k: (f"{v:.4f}" if isinstance(v, float) else v)
                              for k, v in row.items()})
-                done.add((variant, str(seed), str(n)))
+                done.add((variant, str(seed), str(n), pairs_key))
                 write_results(results_path, rows)
                 log("  " + ", ".join(f"{s} {res[f'{s}_psnr_y']:.2f} dB / "
                                      f"{res[f'{s}_ssim_y']:.4f}" for s in SETS))
-            chart(rows, study / "results.png", eval_steps)
+            chart([r for r in rows if (r.get("pairs") or "all") == "all"], study / "results.png",
+                  sorted({int(r["sample_steps"]) for r in rows}))
     print(f"results: {results_path}, chart: {study / 'results.png'}")
     return 0
 

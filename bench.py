@@ -166,12 +166,13 @@ def run_model(args, name):
         raise RuntimeError(f"{name}: non-finite loss {loss}")
 
     med = statistics.median(times)
-    c = rep.channels
     res = dict(model=name, params_M=round(count_parameters(parts.model) / 1e6, 3),
                device=args.device, dtype=("float32" if parts.amp_dtype is None
                                           else f"{args.amp}-autocast"),
                batch=args.batch, size=args.size, representation=rep.name, loss=cfg["loss"],
-               channels=f"{2 * c + (rep.extra_channels if cfg['freq_coords'] else 0)}->{c}",
+               network=cfg["network"], process=cfg["process"],
+               channels=f"{parts.model.config['in_channels'] + parts.model.config['cond_channels']}"
+                        f"->{parts.model.config['out_channels']}",
                steps=args.steps, warmup=args.warmup, s_per_step=round(med, 4),
                s_per_step_mean=round(statistics.fmean(times), 4),
                s_per_step_min=round(min(times), 4), img_per_s=round(args.batch / med, 1),

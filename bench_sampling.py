@@ -27,13 +27,16 @@ def main(argv=None):
                     help="comma-separated sampler:steps")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--coupled", choices=("true", "false"), default=None,
+                    help="sample the windows of an image together (default: the checkpoint's)")
     ap.add_argument("--out", default="", help="JSON file of the rows")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     device = pick_device(a.device)
     try:
-        derainer, _ = load_derainer(a.ckpt, device=device)
+        derainer, _ = load_derainer(a.ckpt, device=device,
+                                    coupled=None if a.coupled is None else a.coupled == "true")
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -45,7 +48,8 @@ def main(argv=None):
         report = derain_items(derainer, items, score=True, progress=False,
                               say=lambda m: print(m, file=sys.stderr))
         s = report.summary
-        row = {"sampler": sampler, "steps": int(steps), "seconds_per_image":
+        row = {"sampler": sampler, "steps": int(steps), "coupled": derainer.settings["coupled"],
+               "seconds_per_image":
                round(report.seconds_per_image, 2), "psnr_y": round(s["psnr_y"], 3),
                "ssim_y": round(s["ssim_y"], 4), "input_psnr_y": round(s["baseline"]["psnr_y"], 3),
                "images": s["n"], "device": str(device), "threads": torch.get_num_threads()}

@@ -57,7 +57,8 @@ def launch():
         representation="realimag",  # realimag | magphase | rfft2 | blockdct | pixels: what the
                                  # model's channels hold (representations/; pixels: the same
                                  # UNet on pixels, the reference)
-        signed_log=True,         # sign(x) log1p(|x|) on the spectrum (false: linear values)
+        signed_log=False,        # sign(x) log1p(|x|) on the spectrum (false: linear values;
+                                 # the variant study found linear + image loss better)
         block=8,                 # blockdct: the block size (coefficients as channels)
         target="diff",           # diff: generate FFT(clean) - FFT(rain) | clean: FFT(clean)
         norm="perfreq_std",      # perfreq_std | perfreq | global_std | global: per frequency or
@@ -69,21 +70,24 @@ def launch():
         # ---- model (a preset of modules.MODEL_PRESETS, plus overrides of its arguments)
         model="small",           # small | default | large
         model_args={},           # e.g. {"base_channels": 96}: overrides of the preset
-        network="unet",          # unet: 3x3 U-Net over the representation's channels | ffc: with
-                                 # a global Fourier branch per block | pixel_trunk: decode to
-                                 # pixels, U-Net, encode back (needs x0 output); modules.py
+        network="pixel_trunk",   # pixel_trunk: decode the spectral state to pixels, U-Net, encode
+                                 # back (needs x0 output) | unet: 3x3 U-Net over the
+                                 # representation's channels | ffc: with a global Fourier
+                                 # branch per block; modules.py, README's variant study
         freq_coords=True,        # the representation's constant inputs (frequency coordinates)
         # ---- process and loss
-        process="diffusion",     # diffusion: from pure noise | bridge: from the rainy input |
-                                 # regression: one pass, no process (diffusion.py)
+        process="bridge",        # bridge: from the rainy input to the clean target |
+                                 # diffusion: from pure noise | regression: one pass, no
+                                 # process (diffusion.py)
         bridge_noise=0.1,        # the bridge's noise scale
         freq_schedule=0.0,       # diffusion: noise low frequencies last (0: one schedule; s in
                                  # (0, 1): coefficient at radius r follows abar ** (1 - s (1 - r)))
         timesteps=1000,          # training noise levels
         schedule="cosine",       # cosine | linear
-        prediction="v",          # eps | x0 | v: what the network outputs
-        loss="model",            # model: MSE of the prediction | image: MSE of the decoded x0
-                                 # estimate in image space | mix (losses.py)
+        prediction="x0",         # eps | x0 | v: what a diffusion's network outputs (the bridge
+                                 # and regression predict x0)
+        loss="image",            # image: MSE of the decoded x0 estimate in image space (what
+                                 # PSNR measures) | model: MSE of the prediction | mix
         loss_mix=0.5,            # weight of the image part of loss=mix
         p_uncond=0.0,            # condition dropout in training (>0 enables guidance)
         # ---- optimisation

@@ -27,7 +27,9 @@ def _train(data, run_dir, *extra):
     args = ["--csv", str(data), "--val-csv", str(data), "--crop", "16", "--model-args", TINY,
             "--batch-size", "4", "--num-workers", "0", "--run-dir", str(run_dir),
             "--eval-every", "0", "--final-eval", "false", "--minutes", "0", "--log-every", "1",
-            "--warmup-steps", "1", "--threads", "1", "--max-steps", "2", *extra]
+            "--warmup-steps", "1", "--threads", "1", "--max-steps", "2",
+            # a diffusion from noise, so that seeds, eta and samplers matter
+            "--process", "diffusion", "--network", "unet", "--prediction", "v", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, str(REPO / "ddpm_conditional.py"), *args],
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)

@@ -56,7 +56,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("rfft2")
     csv = make_pairs(root / "pairs", n=4, size=(24, 28))
     r = _run(_args(csv, root / "run", "--max-steps", "3", "--representation", "rfft2",
-                   "--loss", "image", "--ckpt-every", "0"))
+                   "--loss", "image", "--ckpt-every", "0", "--network", "unet", "--process",
+                   "diffusion", "--prediction", "v"))
     assert r.returncode == 0, r.stderr[-2000:]
     return csv, sorted((root / "run").glob("ckpt_*.pt"))[-1]
 

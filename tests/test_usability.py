@@ -155,7 +155,7 @@ def test_help_explains_every_flag_and_dry_run_shows_the_data_paths():
                                      "--preset", "rain100l", "--dry-run"], capture_output=True,
                                     text=True, cwd=REPO, timeout=120).stdout)
     assert cfg["csv"].endswith("rain100l/train.csv") and cfg["val_csv"].endswith("val.csv")
-    assert cfg["stats"].endswith("train_stats_realimag_64.json")
+    assert cfg["stats"].endswith("train_stats_realimag_linear_64.json")  # the linear default
 
 
 def test_a_budgeted_run_ends_decayed_with_validations_logged(tmp_path):
