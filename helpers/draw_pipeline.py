@@ -23,7 +23,7 @@ from helpers.figures import plt, save_figure  # noqa: E402  (figures selects the
 
 DEFAULT_KEYS = ("representation", "signed_log", "norm", "target", "prediction", "loss", "crop",
                 "sampler", "sample_steps", "eta", "timesteps", "schedule", "model", "freq_coords",
-                "clip_x0")
+                "clip_x0", "network", "process", "bridge_noise")
 ON, OFF = "\u25cf", "\u25cb"  # filled dot: the launch() default; open dot: the alternatives
 SAMPLERS = ("ddim", "ddpm")  # the names diffusion.sample dispatches on
 
@@ -79,9 +79,10 @@ def pipeline_labels(defaults=None):
     lab["title"] = ("Conditional diffusion deraining in the Fourier domain: training (top) and "
                     "sampling (bottom)")
     lab["subtitle"] = (f"{ON} = default of ddpm_conditional.launch(): "
-                       f"representation={rep}, norm={norm}, target={target}, "
-                       f"prediction={d['prediction']}, loss={d['loss']}, crop={crop}, "
-                       f"sampler={d['sampler']}, sample_steps={d['sample_steps']}")
+                       f"process={d.get('process', 'diffusion')}, "
+                       f"network={d.get('network', 'unet')}, representation={rep}, "
+                       f"norm={norm}, target={target}, loss={d['loss']}, crop={crop}, "
+                       f"sample_steps={d['sample_steps']}")
     lab["images"] = [f"random {crop}\u00d7{crop} crop + flip", "RGB in [0, 1]"]
     lab["fft"] = ["per RGB channel", f"fft2(norm='{P.FFT_NORM}')", "+ fftshift (DC at centre)"]
     lab["channels"] = (["3 complex \u2192 6 real:"]
@@ -96,27 +97,51 @@ def pipeline_labels(defaults=None):
         ["target (generated) = spectrum of"]
         + [f"   {ON if t == target else OFF} {t}: {_target_text(t)}" for t in base.TARGETS]
         + ["condition = spectrum of rain", f"   (clipped to \u00b1{base.COND_CLIP:g})"])
-    lab["noisy"] = ["x_t = q_sample(target, t, \u03b5)",
-                    f"{d['schedule']} schedule, T = {d['timesteps']}"]
+    process, network = d.get("process", "diffusion"), d.get("network", "unet")
+    if process == "bridge":
+        lab["noisy"] = ["x_t = (1 \u2212 s) target + s start", f"+ {d.get('bridge_noise', 0.1):g}"
+                        "\u00b7\u221a(s(1\u2212s)) \u03b5,  s = (t+1)/T",
+                        "start = zero change (the rain)"]
+    elif process == "regression":
+        lab["noisy"] = ["no process: the network", "sees the rainy input (t = 0)"]
+    else:
+        lab["noisy"] = ["x_t = q_sample(target, t, \u03b5)",
+                        f"{d['schedule']} schedule, T = {d['timesteps']}"]
     coords = "\u2295 (fy, fx, r) freq. coords" if d.get("freq_coords", True) else ""
-    lab["unet"] = [f"UNet_conditional ({d['model']})",
-                   "in: x_t \u2295 condition " + coords, "+ timestep t embedding",
-                   "predicts " + "  ".join(f"{ON if p == d['prediction'] else OFF} {p}"
-                                           for p in diffusion.PREDICTIONS)]
+    predicts = ("predicts x0" if process != "diffusion" else
+                "predicts " + "  ".join(f"{ON if p == d['prediction'] else OFF} {p}"
+                                        for p in diffusion.PREDICTIONS))
+    if network == "pixel_trunk":
+        lab["unet"] = [f"pixel trunk: UNet_conditional ({d['model']})",
+                       "x_t, condition \u2192 pixels (inverse FFT):",
+                       "the change and the rainy window in,", "its change out \u2192 FFT again",
+                       "+ timestep t embedding; " + predicts]
+    else:
+        lab["unet"] = [f"UNet_conditional ({d['model']}"
+                       + (", FFC blocks)" if network == "ffc" else ")"),
+                       "in: x_t \u2295 condition " + coords, "+ timestep t embedding", predicts]
     lab["loss"] = (f"training: MSE to the {d['prediction']}-target" if d["loss"] == "model" else
                    "training: image-space MSE of the decoded x0" if d["loss"] == "image" else
                    f"training: MSE to the {d['prediction']}-target + image-space MSE")
-    lab["sampler"] = ["  ".join(f"{ON if s == d['sampler'] else OFF} {s.upper()}"
-                                for s in SAMPLERS),
-                      f"{d['sample_steps']} steps, eta {d['eta']:g}",
-                      "x_T ~ N(0, I) \u2192 \u2026 \u2192 x_0",
-                      f"x0 estimate clipped \u00b1{d['clip_x0']:g}" if d.get("clip_x0") else ""]
+    clip = f"x0 estimate clipped \u00b1{d['clip_x0']:g}" if d.get("clip_x0") else ""
+    if process == "diffusion":
+        lab["sampler_title"] = "DDPM / DDIM sampler"
+        lab["sampler"] = ["  ".join(f"{ON if s == d['sampler'] else OFF} {s.upper()}"
+                                    for s in SAMPLERS),
+                          f"{d['sample_steps']} steps, eta {d['eta']:g}",
+                          "x_T ~ N(0, I) \u2192 \u2026 \u2192 x_0", clip]
+    else:
+        lab["sampler_title"] = "bridge sampler" if process == "bridge" else "one pass"
+        lab["sampler"] = ([f"{d['sample_steps']} steps, deterministic",
+                           "x_T = start (the rainy input)", "\u2192 \u2026 \u2192 x_0", clip]
+                          if process == "bridge" else ["x_0 = network(start)", clip])
     lab["windows_in"] = (f"sampling: the rainy photo is cut into {crop}\u00d7{crop} windows "
                          f"({OVERLAP:.0%} overlap);\nthe condition is each window's rain "
                          "spectrum, made as above")
     lab["generated"] = ["x_0 from the sampler", f"(normalised {target} target)"]
     lab["denorm"] = ["inverse of the", "[\u22121, 1] map (same stats", "as training, in ckpt)"]
-    lab["islog"] = ["sign(y)\u00b7(e^|y| \u2212 1)"]
+    lab["islog"] = (["sign(y)\u00b7(e^|y| \u2212 1)"] if d.get("signed_log", True)
+                    else ["(linear: nothing", "to invert)"])
     if target == "diff":
         lab["addrain"] = (["|F| = |R| + \u0394|F|", "\u2220F = \u2220R + \u0394\u03c6"]
                           if rep == "magphase" else ["F = FFT(rain) + \u0394F"])
@@ -312,9 +337,11 @@ def draw_pipeline(out="training_pipeline.png", labels=None, example=True):
 
     # ---------------------------------------------------------------- row B: model
     yB, hB = 26.5, 17.5
-    b_noisy = cv.box(112, yB + 1.5, 27, hB - 3, "noisy target", lab["noisy"], color="model")
+    b_noisy = cv.box(112, yB + 1.5, 27, hB - 3,
+                     "noisy target" if lab["defaults"].get("process", "diffusion") == "diffusion"
+                     else "network input", lab["noisy"], color="model")
     b_unet = cv.box(59, yB, 42, hB, "conditional UNet", lab["unet"], color="model")
-    b_samp = cv.box(11, yB, 33, hB, "DDPM / DDIM sampler", lab["sampler"], color="model")
+    b_samp = cv.box(11, yB, 33, hB, lab["sampler_title"], lab["sampler"], color="model")
     cv.arrow(_bottom(b_tc, 0.8), (b_tc[0] + 0.8 * b_tc[2], b_noisy[1] + b_noisy[3]),
              label="target", label_xy=(b_tc[0] + 0.8 * b_tc[2] + 0.8, (yA + yB + hB) / 2),
              label_kw=dict(ha="left", va="center"))

@@ -17,3 +17,11 @@ def shared_data():
     if not (SHARED_DATA / "Rain100L" / "input").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set DERAIN_DATA)")
     return SHARED_DATA
+
+
+def digest(path):
+    """SHA-256 of a file, for comparing files in asserts: when two large files differ, pytest's
+    explanation of a raw bytes mismatch is a character diff that, with the environment variable
+    CI set (no truncation), runs for hours; two digests print in one line."""
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

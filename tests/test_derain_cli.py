@@ -16,7 +16,7 @@ import derain
 import representations
 from diffusion import Diffusion
 from sampling import Derainer, count_windows
-from tests.conftest import REPO
+from tests.conftest import REPO, digest
 from tests.helpers_data import make_pairs, smooth_image
 from tests.test_training import TINY
 
@@ -144,7 +144,7 @@ def _bytes(setup, tmp_path, capsys, tag, inputs, *extra):
     out = tmp_path / tag
     code, _, _ = _main(["--ckpt", setup["fft"], *inputs, "--out", out, *FAST, *extra], capsys)
     assert code == 0
-    return {n: (out / n).read_bytes() for n in sorted(os.listdir(out))}
+    return {n: digest(out / n) for n in sorted(os.listdir(out))}
 
 
 def test_seeds_make_outputs_reproducible(setup, tmp_path, capsys):

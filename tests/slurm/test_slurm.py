@@ -43,7 +43,8 @@ def _skip_reason():
     return None
 
 
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+pytestmark = [pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason())),
+              pytest.mark.timeout(1800)]  # a job waits for the cluster; pytest.ini says 600
 
 
 @pytest.fixture(scope="module")
