@@ -34,14 +34,16 @@ REPO = Path(__file__).resolve().parent
 VARIANTS = {
     # the references
     "pixel": {"flags": ["--representation", "pixels"],
-              "about": "the same UNet and diffusion in pixels (today's --representation pixels)"},
+              "about": "the same UNet and diffusion in pixels (--representation pixels, with "
+                       "the pre-study levers)"},
     "pixel_x0": {"flags": ["--representation", "pixels", "--prediction", "x0"],
                  "about": "the pixel reference predicting x0 (its loss is then the image MSE)"},
     "regression": {"flags": ["--representation", "pixels", "--process", "regression"],
                    "about": "the same UNet, one forward pass, trained on the clean image (MSE)"},
     # the Fourier model as it was, and one lever at a time
-    "fourier": {"flags": [], "about": "today's default: realimag, signed log, per-frequency "
-                                      "std, v prediction, model-space loss, 3x3 UNet"},
+    "fourier": {"flags": [], "about": "the default before the study: realimag, signed log, "
+                                      "per-frequency std, v prediction, model-space loss, "
+                                      "3x3 UNet"},
     "fourier_image": {"flags": ["--loss", "image"], "about": "+ image-space loss"},
     "fourier_mix": {"flags": ["--loss", "mix"], "about": "+ half model-space, half image loss"},
     "linear_image": {"flags": ["--signed-log", "false", "--loss", "image"],

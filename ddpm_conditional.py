@@ -466,10 +466,11 @@ class LRPlan:
     """Linear warm-up, then cosine decay to lr_min_ratio * lr at the end of the run.
 
     The end is max_steps, or under a time budget (`minutes`) the end of the budget: then
-    progress is the fraction of the budget used (the larger of the two when both are set),
-    warm-up lasts warmup_steps or WARMUP_BUDGET of the budget, whichever ends first, and the
-    decay follows the clock, so a run ends with its learning rate decayed however fast the
-    machine turns out to be. The caller passes rank 0's clock to every rank."""
+    progress is the fraction of the budget used (the larger of the two when both are set) and
+    the decay follows the clock, so a run ends with its learning rate decayed however fast the
+    machine turns out to be. The caller passes rank 0's clock to every rank. Either way warm-up
+    lasts warmup_steps or WARMUP_BUDGET of the run, whichever ends first: a run shorter than
+    its warm-up still decays (a 199-step run used to end at its peak rate)."""
 
     WARMUP_BUDGET = 0.05
 
@@ -491,12 +492,14 @@ class LRPlan:
             if step < self.warmup_steps and p < warm_p:
                 return max((step + 1) / self.warmup_steps, p / warm_p)
             return self._decay((p - warm_p) / max(1e-9, 1 - warm_p))
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
+        warm = self.warmup_steps
+        if self.max_steps:
+            warm = max(1, min(warm, math.ceil(self.WARMUP_BUDGET * self.max_steps)))
+        if step < warm:
+            return (step + 1) / warm
         if not self.max_steps:
             return 1.0
-        return self._decay((step - self.warmup_steps) / max(1, self.max_steps -
-                                                             self.warmup_steps))
+        return self._decay((step - warm) / max(1, self.max_steps - warm))
 
     def _warm_fraction(self):
         return self.warmup_steps / self.max_steps if self.max_steps else 1.0

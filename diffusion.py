@@ -4,7 +4,7 @@ Nothing here knows about data, files or the training loop (the losses are in los
 sampler is a plain function of (model, condition, steps, generator) returning the generated
 target, in the model's normalised space; the representation turns it into an image.
 
-    diffusion   Diffusion: from pure noise to the target (DDPM / DDIM), the default.
+    diffusion   Diffusion: from pure noise to the target (DDPM / DDIM), the original process.
                 model(x_t, t, cond) -> the prediction named by `prediction`:
                 "eps": the noise,  "x0": the clean target,  "v": sqrt(abar) eps - sqrt(1 - abar) x0
     bridge      Bridge: from the rainy input to the target, x_t = (1 - s) x0 + s start +

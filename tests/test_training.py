@@ -268,3 +268,16 @@ def test_bench_times_the_training_step(monkeypatch):
     assert res["s_per_step"] > 0 and res["channels_last"]
     assert res["network"] == D.launch()["network"] and res["process"] == D.launch()["process"]
     assert res["representation"] == D.launch()["representation"] and res["loss"] == "image"
+
+
+def test_a_step_budget_shorter_than_its_warm_up_still_ends_decayed():
+    # warm-up lasts warmup_steps or 5 % of the run, whichever ends first
+    short = D.LRPlan(1e-3, warmup_steps=200, lr_min_ratio=0.05, max_steps=199)
+    lrs = [short.factor(s) for s in range(199)]
+    peak = max(range(199), key=lrs.__getitem__)
+    assert peak == 9  # ceil(0.05 * 199) = 10 warm-up steps
+    assert lrs[-1] < 0.06 and all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+    long = D.LRPlan(1e-3, warmup_steps=200, lr_min_ratio=0.05, max_steps=50000)
+    assert long.factor(0) == 1 / 200 and long.factor(199) == 1.0  # long runs: unchanged
+    assert long.factor(49999) < 0.06
+    assert D.LRPlan(1e-3, 200, 0.05).factor(10 ** 6) == 1.0  # no end: constant after warm-up
