@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent
 
 # name -> flags for ddpm_conditional.py (on top of BASE), and sampling overrides for evaluation;
 # "train_as" reuses another variant's training (a sampling-only lever).
+REFERENCES = ("pixel", "pixel_x0", "regression")  # drawn in another colour
 VARIANTS = {
     # the references
     "pixel": {"flags": ["--representation", "pixels"],
@@ -215,8 +216,8 @@ def chart(rows, path, eval_steps):
                         int(r["sample_steps"]) == steps and r.get(key)]
                 if not vals:
                     continue
-                ax.barh(k, np.mean(vals), color="#9cc3e6" if v not in ("pixel", "regression")
-                        else "#e6b89c", height=0.6)
+                ax.barh(k, np.mean(vals), color="#e6b89c" if v in REFERENCES else "#9cc3e6",
+                        height=0.6)
                 ax.plot(vals, [k] * len(vals), "k.", ms=5)
                 if len(vals) > 1:
                     ax.plot([min(vals), max(vals)], [k, k], "k-", lw=1)
@@ -225,6 +226,7 @@ def chart(rows, path, eval_steps):
             if inputs:
                 ax.axvline(inputs[0], color="gray", ls="--", lw=1, label="rainy input")
             ax.set_yticks(range(len(variants)))
+            ax.set_ylim(len(variants) - 0.5, -0.5)  # the same rows in every panel, first on top
             ax.set_yticklabels(variants if j == 0 else [""] * len(variants), fontsize=8)
             ax.set_title(f"{set_name}, {steps} sampling step{'s' * (steps > 1)}", fontsize=9)
             ax.set_xlabel("PSNR-Y (dB): bar mean over seeds, dots seeds", fontsize=8)
@@ -315,8 +317,9 @@ def main(argv=None):
                 write_results(results_path, rows)
                 log("  " + ", ".join(f"{s} {res[f'{s}_psnr_y']:.2f} dB / "
                                      f"{res[f'{s}_ssim_y']:.4f}" for s in SETS))
-            chart([r for r in rows if (r.get("pairs") or "all") == "all"], study / "results.png",
-                  sorted({int(r["sample_steps"]) for r in rows}))
+            full = [r for r in rows if (r.get("pairs") or "all") == "all"]
+            if full:
+                chart(full, study / "results.png", sorted({int(r["sample_steps"]) for r in full}))
     print(f"results: {results_path}, chart: {study / 'results.png'}")
     return 0
 

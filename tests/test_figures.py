@@ -56,10 +56,24 @@ def test_labels_come_from_the_code_and_follow_launch_defaults(monkeypatch):
     assert f"{DP.ON} {d['norm']}" in lab["norm"]
     assert f"representation={d['representation']}" in lab["subtitle"]
     assert f"crop={d['crop']}" in lab["subtitle"]
-    assert f"{d['sample_steps']} steps" in lab["sampler"][1]
+    assert f"{d['sample_steps']} steps" in "\n".join(lab["sampler"])
+    assert f"process={d['process']}" in lab["subtitle"]
+    assert f"network={d['network']}" in lab["subtitle"]
+
+    titles = {"bridge": "bridge sampler", "regression": "one pass",
+              "diffusion": "DDPM / DDIM sampler"}
+    for process, title in titles.items():  # each process draws its own sampler and input
+        monkeypatch.setattr(D, "launch", lambda: {**d, "process": process, "network": "unet",
+                                                  "prediction": "x0"})
+        lab = DP.pipeline_labels()
+        assert lab["sampler_title"] == title and "pixel trunk" not in " ".join(lab["unet"])
+        assert ("start" in " ".join(lab["noisy"])) == (process == "bridge")
+    monkeypatch.setattr(D, "launch", lambda: {**d, "network": "pixel_trunk"})
+    assert "pixel trunk" in " ".join(DP.pipeline_labels()["unet"])
 
     changed = {**d, "representation": "magphase", "norm": "global", "target": "clean",
-               "prediction": "eps", "sampler": "ddpm", "sample_steps": 7, "crop": 32}
+               "prediction": "eps", "sampler": "ddpm", "sample_steps": 7, "crop": 32,
+               "process": "diffusion", "network": "unet"}
     monkeypatch.setattr(D, "launch", lambda: dict(changed))
     lab = DP.pipeline_labels()
     assert f"{DP.ON} magphase" in lab["channels"] and f"{DP.OFF} realimag" in lab["channels"]

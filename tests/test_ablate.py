@@ -1,0 +1,70 @@
+"""ablate.py: a tiny real study (two variants, two training steps, one pair a set), its resume,
+and its chart."""
+import csv
+
+import pytest
+
+import ablate
+
+
+def _rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_study_trains_scores_and_resumes_without_redoing_anything(shared_data, tmp_path,
+                                                                    capsys):
+    study = tmp_path / "study"
+    argv = ["--study", str(study), "--variants", "regression,trunk_bridge", "--seeds", "0",
+            "--steps", "2", "--eval-steps", "1", "--eval-pairs", "1", "--threads", "2",
+            "--data-root", str(shared_data)]
+    assert ablate.main(argv) == 0
+    rows = _rows(study / "results.csv")
+    assert [(r["variant"], r["seed"], r["train_steps"], r["sample_steps"], r["pairs"])
+            for r in rows] == [("regression", "0", "2", "1", "1"),
+                               ("trunk_bridge", "0", "2", "1", "1")]
+    for r in rows:  # one pair of each set, scored against its own rainy input
+        for s in ablate.SETS:
+            assert 5 < float(r[f"{s}_psnr_y"]) < 60 and 0 < float(r[f"{s}_ssim_y"]) <= 1
+            assert float(r[f"{s}_input_psnr_y"]) == float(rows[0][f"{s}_input_psnr_y"])
+    assert (study / "regression" / "seed0" / "ckpt_00000002.pt").exists()
+    assert not (study / "results.png").exists()  # subset rows are kept out of the chart
+    capsys.readouterr()
+
+    assert ablate.main(argv) == 0  # resumed: nothing is trained or evaluated again
+    out = capsys.readouterr().out
+    assert "training" not in out and "evaluating" not in out
+    assert _rows(study / "results.csv") == rows
+
+    # one more sampler setting only evaluates; the checkpoint is reused
+    more = [("regression" if a == "regression,trunk_bridge" else "2" if b == "--eval-steps"
+             else a) for b, a in zip([None] + argv, argv)]
+    assert ablate.main(more) == 0
+    out = capsys.readouterr().out
+    assert "training" not in out and out.count("evaluating") == 1
+    assert [(r["variant"], r["sample_steps"]) for r in _rows(study / "results.csv")][2:] == \
+        [("regression", "2")]
+
+
+def test_unknown_variants_are_refused_by_name(capsys):
+    with pytest.raises(SystemExit) as e:
+        ablate.main(["--variants", "regression,no_such_thing"])
+    assert e.value.code == 2 and "no_such_thing" in capsys.readouterr().err
+
+
+def test_the_chart_keeps_every_variant_on_its_own_row(tmp_path, monkeypatch):
+    # a variant evaluated at 1 step only must not shift the rows of the 2-step panels
+    def row(v, seed, n, l, h):
+        return {"variant": v, "seed": seed, "sample_steps": n, "Rain100L_psnr_y": l,
+                "Rain100H_psnr_y": h, "Rain100L_input_psnr_y": 25.9, "Rain100H_input_psnr_y": 11.9}
+    rows = [row("a", 0, 1, 27, 19), row("a", 0, 2, 27.5, 20), row("b", 0, 1, 26, 18),
+            row("c", 0, 1, 25, 17), row("c", 1, 1, 25.4, 17.2), row("c", 0, 2, 25.5, 17.5)]
+    seen = {}
+    from helpers import figures
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: seen.setdefault("fig", fig))
+    ablate.chart(rows, tmp_path / "r.png", [1, 2])
+    axes = seen["fig"].axes
+    assert len(axes) == 4 and {ax.get_ylim() for ax in axes} == {(2.5, -0.5)}
+    bars = {round(p.get_y() + p.get_height() / 2): p.get_width() for p in axes[1].patches}
+    assert bars == {0: 27.5, 2: 25.5}  # row 1 ("b") is empty at 2 steps, "c" stays on row 2
+    assert axes[0].patches[2].get_width() == pytest.approx(25.2)  # the mean over c's seeds
