@@ -855,7 +855,7 @@ def final_evaluation(cfg, parts, env, model, step):
     rainy input and of the result, and write the comparison figure and the derained images."""
     from helpers.figures import comparison_figure
     from helpers.metrics import write_scores_csv
-    from sampling import derain_items, pairs_items
+    from sampling import derain_items, pairs_items, sampler_text
     run_dir = Path(cfg["run_dir"])
     derainer = derainer_for(cfg, parts, model, env)
     report = derain_items(derainer, pairs_items(cfg["val_csv"]), out_dir=run_dir / "derained",
@@ -878,8 +878,8 @@ def final_evaluation(cfg, parts, env, model, step):
                "final_input_psnr_y": summary["input_psnr_y"],
                "final_input_ssim_y": summary["input_ssim_y"], "final_pairs": s["n"]})
     log.close()
-    print(f"\nheld-out pairs ({s['n']}, {cfg['val_csv']}), {cfg['sampler']} "
-          f"{cfg['sample_steps']} steps:")
+    print(f"\nheld-out pairs ({s['n']}, {cfg['val_csv']}), "
+          f"{sampler_text(cfg['process'], cfg)}:")
     print(f"  rainy input : PSNR-Y {summary['input_psnr_y']:6.2f} dB   "
           f"SSIM-Y {summary['input_ssim_y']:.4f}")
     print(f"  derained    : PSNR-Y {s['psnr_y']:6.2f} dB   SSIM-Y {s['ssim_y']:.4f}   "

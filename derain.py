@@ -29,7 +29,7 @@ from checkpoint import CheckpointError, export_checkpoint, load_derainer, newest
 from helpers.images import is_image_file, natural_key
 from helpers.metrics import index_by_stem
 from helpers.statistics import read_pairs
-from sampling import Item, assign_names, derain_items, pick_device
+from sampling import Item, assign_names, derain_items, pick_device, sampler_text
 
 
 def expand_inputs(paths):
@@ -245,7 +245,7 @@ def main(argv=None):
         return 2
     print(f"{a.ckpt}: {derainer.rep.name} ({derainer.rep.domain} domain), window "
           f"{derainer.rep.crop} px, {'raw' if a.no_ema else 'EMA'} weights on {device}; "
-          f"{s['sampler']} {s['sample_steps']} steps, eta {s['eta']}, guidance {s['guidance']}, "
+          f"{sampler_text(derainer.diffusion.name, s)}, guidance {s['guidance']}, "
           f"clip_x0 {s['clip_x0']}, ensemble {s['ensemble']}, seed {a.seed}", file=sys.stderr)
 
     report = derain_items(derainer, items, out_dir=out_dir, score=a.eval is not None,

@@ -98,6 +98,16 @@ def sample_settings(cfg, **overrides):
     return s
 
 
+def sampler_text(process, s):
+    """How a process samples with settings s, for messages: "bridge, 2 steps", "ddim, 2 steps,
+    eta 0.0" or "one pass" (a bridge has one sampler; regression has none)."""
+    if process == "regression":
+        return "one pass"
+    if process == "bridge":
+        return f"bridge, {s['sample_steps']} steps"
+    return f"{s['sampler']}, {s['sample_steps']} steps, eta {s['eta']}"
+
+
 class Derainer:
     """A trained network with everything deraining needs: the representation (encode the rainy
     windows, decode the generated targets), the diffusion and the sampling settings."""
@@ -108,9 +118,8 @@ class Derainer:
 
     def describe(self):
         s = self.settings
-        return (f"{self.name}: {self.rep.name}, {s['sampler']} {s['sample_steps']} steps, "
-                f"eta {s['eta']}, guidance {s['guidance']}, clip_x0 {s['clip_x0']}, "
-                f"ensemble {s['ensemble']}")
+        return (f"{self.name}: {self.rep.name}, {sampler_text(self.diffusion.name, s)}, "
+                f"guidance {s['guidance']}, clip_x0 {s['clip_x0']}, ensemble {s['ensemble']}")
 
     @torch.no_grad()
     def derain(self, rain, generator=None, progress=None):

@@ -138,3 +138,11 @@ def test_coupled_windows_are_sampled_together_and_agree_at_every_step():
     assert sum(net.batches) == 3 * n_windows and max(net.batches) <= 4
     independent = derain_array(CountingNoiseDependent(), rep, d, rain, steps=3, generator=gen())
     assert np.abs(coupled - independent).max() > 1e-6  # the blending changed the path
+
+
+def test_messages_name_the_sampler_of_the_process():
+    from sampling import sampler_text
+    s = dict(sampler="ddim", sample_steps=2, eta=0.0)
+    assert sampler_text("bridge", s) == "bridge, 2 steps"
+    assert sampler_text("diffusion", s) == "ddim, 2 steps, eta 0.0"
+    assert sampler_text("regression", s) == "one pass"

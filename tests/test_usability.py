@@ -169,8 +169,11 @@ def test_a_budgeted_run_ends_decayed_with_validations_logged(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     lrs = [rec["lr"] for rec in log if "lr" in rec]
     # warm-up ended within the budget although 200 steps were never reached, and the rate
-    # decayed to (nearly) its final value by the end
-    assert max(lrs) > 0.9e-3 and lrs[-1] < 0.15e-3, lrs[-5:]
+    # decayed from then on (how far the last logged step gets depends on the machine's load: a
+    # step can take a fifth of this 9-second budget on a busy machine)
+    peak = lrs.index(max(lrs))
+    assert max(lrs) > 0.9e-3 and lrs[-1] < 0.3e-3, lrs[-5:]
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
     vals = [rec for rec in log if "val_psnr_y" in rec]
     assert len(vals) == 3 and all(np.isfinite(v["val_psnr_y"]) for v in vals)
     assert "ETA" in r.stderr and "/0.15 min" in r.stderr  # the bar shows the budget
