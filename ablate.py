@@ -14,9 +14,17 @@ becomes a number of optimiser steps, which the run then trains for (so a later s
 machine changes the wall time of a run, not its result; the learning-rate schedule ends at that
 step). The study directory holds, per variant and seed, the run directory; calibration.json;
 results.csv (variant, seed, steps, sampler steps, wall times, PSNR-Y / SSIM-Y per set, and the
-rainy input's); results.png (the mean and the spread over seeds). Everything done is kept: run
-the same command again and the study resumes where it stopped (a partly trained run continues
-from its last checkpoint, evaluated rows are not redone).
+rainy input's); scores.csv (the same per image); results.png (the mean and the spread over
+seeds). Everything done is kept: run the same command again and the study resumes where it
+stopped (a partly trained run continues from its last checkpoint, evaluated rows are not redone;
+a row without its per-image scores, from before scores.csv, is evaluated again).
+
+    python ablate.py --study runs/final --compare trunk_bridge,pixel   # paired, image by image
+
+--compare reads scores.csv: for each set and sampler step count both variants were evaluated
+at, the mean difference of PSNR-Y and SSIM-Y over the same images (each image's score averaged
+over the seeds a variant has), its standard error over images, and how many images the first
+wins.
 """
 import argparse
 import csv
@@ -92,6 +100,8 @@ FIELDS = ["variant", "seed", "train_steps", "train_minutes", "sample_steps", "pa
           "eval_seconds",
           *[f"{s}_{m}" for s in SETS for m in ("psnr_y", "ssim_y", "input_psnr_y",
                                                "input_ssim_y")]]
+SCORE_FIELDS = ["variant", "seed", "sample_steps", "pairs", "set", "image", "psnr_y", "ssim_y",
+                "input_psnr_y", "input_ssim_y"]
 CALIBRATION_STEPS = (10, 40)  # the step time is measured between these steps
 
 
@@ -164,10 +174,10 @@ def read_results(path):
         return list(csv.DictReader(f))
 
 
-def write_results(path, rows):
+def write_results(path, rows, fields=FIELDS):
     tmp = Path(str(path) + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
@@ -175,7 +185,7 @@ def write_results(path, rows):
 
 def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads, limit=None):
     """PSNR-Y / SSIM-Y of one checkpoint on each validation set (its first `limit` pairs, or
-    all) through sampling.py."""
+    all) through sampling.py -> (the means, one row per image)."""
     import torch
 
     from checkpoint import ckpt_paths, load_derainer
@@ -183,7 +193,7 @@ def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads, limit=
     torch.set_num_threads(threads)
     derainer, _ = load_derainer(ckpt_paths(run_dir)[-1], sample_steps=sample_steps,
                                 **sample_overrides)
-    out, t0 = {}, time.time()
+    out, images, t0 = {}, [], time.time()
     for name, csv_path in data_csvs.items():
         report = derain_items(derainer, pairs_items(csv_path, limit=limit), score=True,
                               progress=False,
@@ -195,8 +205,64 @@ def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads, limit=
         out.update({f"{name}_psnr_y": s["psnr_y"], f"{name}_ssim_y": s["ssim_y"],
                     f"{name}_input_psnr_y": s["baseline"]["psnr_y"],
                     f"{name}_input_ssim_y": s["baseline"]["ssim_y"]})
+        images += [{"set": name, "image": r["name"],
+                    **{k: r[k] for k in ("psnr_y", "ssim_y", "input_psnr_y", "input_ssim_y")}}
+                   for r in report.rows]
     out["eval_seconds"] = round(time.time() - t0, 1)
+    return out, images
+
+
+def _formatted(row):
+    return {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def compare(scores, a, b):
+    """Paired comparison of variants a and b on the images both were scored on -> one dict per
+    (pairs, set, sampler steps): n images, seeds of each, the mean difference a - b of PSNR-Y
+    and SSIM-Y with its standard error over the images, and the images a wins on PSNR-Y."""
+    import numpy as np
+
+    def per_image(variant):  # (pairs, set, steps) -> image -> metric -> the mean over seeds
+        acc, seeds = {}, {}
+        for r in scores:
+            if r["variant"] != variant:
+                continue
+            k = (r["pairs"], r["set"], int(r["sample_steps"]))
+            seeds.setdefault(k, set()).add(r["seed"])
+            for m in ("psnr_y", "ssim_y"):
+                acc.setdefault(k, {}).setdefault(r["image"], {}).setdefault(m, []).append(
+                    float(r[m]))
+        return acc, seeds
+
+    (sa, seeds_a), (sb, seeds_b) = per_image(a), per_image(b)
+    out = []
+    for k in sorted(set(sa) & set(sb), key=lambda k: (k[0] != "all", k[0], SETS.index(k[1])
+                                                      if k[1] in SETS else 9, k[2])):
+        names = sorted(set(sa[k]) & set(sb[k]))
+        row = {"pairs": k[0], "set": k[1], "sample_steps": k[2], "images": len(names),
+               "seeds_a": len(seeds_a[k]), "seeds_b": len(seeds_b[k])}
+        for m in ("psnr_y", "ssim_y"):
+            d = np.array([np.mean(sa[k][i][m]) - np.mean(sb[k][i][m]) for i in names])
+            row[f"{m}_diff"] = float(d.mean())
+            row[f"{m}_se"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+            if m == "psnr_y":
+                row["wins"] = int((d > 0).sum())
+        out.append(row)
     return out
+
+
+def print_comparison(rows, a, b):
+    if not rows:
+        print(f"no images scored for both {a} and {b} (scores.csv)")
+        return
+    print(f"{a} - {b}, paired over the same images (each image: the mean over a variant's seeds)")
+    print(f"{'pairs':>5s} {'set':9s} {'steps':>5s} {'images':>6s} {'seeds':>5s}  "
+          f"{'PSNR-Y diff (dB)':>18s}  {'SSIM-Y diff':>17s}  {a} wins")
+    for r in rows:
+        print(f"{r['pairs']:>5s} {r['set']:9s} {r['sample_steps']:5d} {r['images']:6d} "
+              f"{r['seeds_a']:>2d}/{r['seeds_b']:<2d}  {r['psnr_y_diff']:+8.2f} +- "
+              f"{r['psnr_y_se']:5.2f}  {r['ssim_y_diff']:+7.4f} +- {r['ssim_y_se']:.4f}  "
+              f"{r['wins']}/{r['images']}")
 
 
 def chart(rows, path, eval_steps):
@@ -257,10 +323,25 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every run")
     ap.add_argument("--data-root", default="../shared/data", help="the shared data folder")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
+    ap.add_argument("--compare", metavar="A,B", default="",
+                    help="compare two variants of the study image by image (scores.csv) and "
+                         "exit; nothing is trained or evaluated")
     args = ap.parse_args(argv)
     if args.list:
         for name, v in VARIANTS.items():
             print(f"{name:18s} {v['about']}")
+        return 0
+    if args.compare:
+        pair = [v.strip() for v in args.compare.split(",")]
+        if len(pair) != 2 or not all(pair):
+            ap.error("--compare takes two variant names: A,B")
+        scores_path = Path(args.study) / "scores.csv"
+        if not scores_path.exists():
+            print(f"{scores_path}: no per-image scores yet; run the study first (rows "
+                  "evaluated before scores.csv existed are scored again by the same command)",
+                  file=sys.stderr)
+            return 1
+        print_comparison(compare(read_results(scores_path), *pair), *pair)
         return 0
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -273,10 +354,11 @@ def main(argv=None):
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
     presets = REPO / "data" / "presets" / "rain100"
     data_csvs = {name: presets / f"val_{name}.csv" for name in SETS}
-    results_path = study / "results.csv"
-    rows = read_results(results_path)
+    results_path, scores_path = study / "results.csv", study / "scores.csv"
+    rows, scores = read_results(results_path), read_results(scores_path)
     pairs_key = str(args.eval_pairs or "all")
-    done = {(r["variant"], r["seed"], r["sample_steps"], r.get("pairs") or "all") for r in rows}
+    key = lambda r: (r["variant"], str(r["seed"]), str(r["sample_steps"]), r.get("pairs") or "all")
+    done = {key(r) for r in rows} & {key(r) for r in scores}  # both the means and each image
 
     for variant in variants:
         spec = VARIANTS[variant]
@@ -306,14 +388,15 @@ def main(argv=None):
                     continue
                 log(f"evaluating {variant} seed {seed} at {n} sampling step(s) on "
                     f"{pairs_key} pairs a set")
-                res = evaluate(run_dir, n, spec.get("sample", {}), data_csvs, args.threads,
-                               args.eval_pairs or None)
-                row = {"variant": variant, "seed": seed, "train_steps": steps,
-                       "train_minutes": round(minutes, 2), "sample_steps": n, "pairs": pairs_key,
-                       **res}
-                rows.append({k: (f"{v:.4f}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
-                done.add((variant, str(seed), str(n), pairs_key))
+                res, images = evaluate(run_dir, n, spec.get("sample", {}), data_csvs,
+                                       args.threads, args.eval_pairs or None)
+                this = {"variant": variant, "seed": seed, "sample_steps": n, "pairs": pairs_key}
+                row = {**this, "train_steps": steps, "train_minutes": round(minutes, 2), **res}
+                rows = [r for r in rows if key(r) != key(this)] + [_formatted(row)]
+                scores = [r for r in scores if key(r) != key(this)] + \
+                    [_formatted({**this, **im}) for im in images]
+                done.add(key(this))
+                write_results(scores_path, scores, SCORE_FIELDS)
                 write_results(results_path, rows)
                 log("  " + ", ".join(f"{s} {res[f'{s}_psnr_y']:.2f} dB / "
                                      f"{res[f'{s}_ssim_y']:.4f}" for s in SETS))

@@ -31,10 +31,33 @@ def test_a_study_trains_scores_and_resumes_without_redoing_anything(shared_data,
     assert not (study / "results.png").exists()  # subset rows are kept out of the chart
     capsys.readouterr()
 
+    scores = _rows(study / "scores.csv")  # the same, image by image
+    assert [(s["variant"], s["set"], s["sample_steps"]) for s in scores] == \
+        [(v, s, "1") for v in ("regression", "trunk_bridge") for s in ablate.SETS]
+    for s in scores:  # one pair a set: the image's score is the set's mean
+        r = next(r for r in rows if r["variant"] == s["variant"])
+        assert s["psnr_y"] == r[f"{s['set']}_psnr_y"] and s["ssim_y"] == r[f"{s['set']}_ssim_y"]
+
     assert ablate.main(argv) == 0  # resumed: nothing is trained or evaluated again
     out = capsys.readouterr().out
     assert "training" not in out and "evaluating" not in out
     assert _rows(study / "results.csv") == rows
+
+    # a study from before scores.csv: its rows are evaluated again, to the same numbers
+    (study / "scores.csv").unlink()
+    assert ablate.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "training" not in out and out.count("evaluating") == 2
+    assert _rows(study / "results.csv") == [{**r, "eval_seconds": n["eval_seconds"]} for r, n in
+                                            zip(rows, _rows(study / "results.csv"))]
+    assert _rows(study / "scores.csv") == scores
+
+    assert ablate.main(["--study", str(study), "--compare", "trunk_bridge,regression"]) == 0
+    out = capsys.readouterr().out
+    for s in ablate.SETS:
+        line = next(ln for ln in out.splitlines() if f" {s} " in ln)
+        diff = float(rows[1][f"{s}_psnr_y"]) - float(rows[0][f"{s}_psnr_y"])
+        assert f"{diff:+8.2f}" in line and (f"{int(diff > 0)}/1" in line)
 
     # one more sampler setting only evaluates; the checkpoint is reused
     more = [("regression" if a == "regression,trunk_bridge" else "2" if b == "--eval-steps"
@@ -68,3 +91,28 @@ def test_the_chart_keeps_every_variant_on_its_own_row(tmp_path, monkeypatch):
     bars = {round(p.get_y() + p.get_height() / 2): p.get_width() for p in axes[1].patches}
     assert bars == {0: 27.5, 2: 25.5}  # row 1 ("b") is empty at 2 steps, "c" stays on row 2
     assert axes[0].patches[2].get_width() == pytest.approx(25.2)  # the mean over c's seeds
+
+
+def test_compare_pairs_images_and_averages_seeds():
+    def sc(v, seed, image, p, q=0.5, steps=1, set_name="Rain100L"):
+        return {"variant": v, "seed": str(seed), "sample_steps": str(steps), "pairs": "all",
+                "set": set_name, "image": image, "psnr_y": str(p), "ssim_y": str(q)}
+    scores = [sc("a", 0, "x", 30), sc("a", 1, "x", 32), sc("a", 0, "y", 20), sc("a", 1, "y", 20),
+              sc("a", 0, "z", 25), sc("a", 0, "only_a", 99),
+              sc("b", 0, "x", 29), sc("b", 0, "y", 21), sc("b", 0, "z", 25, 0.25),
+              sc("b", 0, "x", 10, steps=2)]  # no 2-step scores of a: that setting is left out
+    (row,) = ablate.compare(scores, "a", "b")
+    assert (row["set"], row["sample_steps"], row["images"]) == ("Rain100L", 1, 3)
+    assert (row["seeds_a"], row["seeds_b"]) == (2, 1)
+    # differences: x 31 - 29 = 2, y 20 - 21 = -1, z 0 -> mean 1/3, one image won
+    assert row["psnr_y_diff"] == pytest.approx(1 / 3) and row["wins"] == 1
+    d = [2.0, -1.0, 0.0]
+    se = (sum((v - 1 / 3) ** 2 for v in d) / 2) ** 0.5 / 3 ** 0.5
+    assert row["psnr_y_se"] == pytest.approx(se)
+    assert row["ssim_y_diff"] == pytest.approx(0.25 / 3)
+    assert ablate.compare(scores, "a", "nobody") == []
+
+
+def test_compare_without_scores_says_what_to_run(tmp_path, capsys):
+    assert ablate.main(["--study", str(tmp_path), "--compare", "a,b"]) == 1
+    assert "scores.csv" in capsys.readouterr().err
