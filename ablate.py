@@ -73,6 +73,10 @@ VARIANTS = {
     "trunk_bridge": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
                                "--loss", "image", "--process", "bridge"],
                      "about": "pixel trunk, bridge from the rainy input"},
+    "trunk_regression": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
+                                   "--loss", "image", "--process", "regression"],
+                         "about": "pixel trunk, one pass from the rainy spectrum to the change "
+                                  "(the Fourier representation without a generative process)"},
     "trunk_scalar": {"flags": ["--network", "pixel_trunk", "--prediction", "x0", "--signed-log",
                                "false", "--loss", "image", "--norm", "scalar_std"],
                      "about": "pixel trunk with one noise scale: white noise in pixels, i.e. "

@@ -16,6 +16,8 @@ LEVERS = {
     "ffc": ["--network", "ffc"],
     "bridge": ["--process", "bridge", "--sample-steps", "3"],
     "regression": ["--process", "regression", "--representation", "pixels"],
+    "fourier_regression": ["--process", "regression", "--network", "pixel_trunk",
+                           "--signed-log", "false", "--loss", "image"],
     "scalar_std": ["--norm", "scalar_std"],
     "partial_std": ["--norm", "partial_std", "--norm-gamma", "0.25"],
     "linear": ["--signed-log", "false"],
