@@ -73,6 +73,11 @@ VARIANTS = {
     "trunk_bridge": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
                                "--loss", "image", "--process", "bridge"],
                      "about": "pixel trunk, bridge from the rainy input"},
+    "trunk_bridge_end": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
+                                   "--loss", "image", "--process", "bridge", "--bridge-end",
+                                   "0.5"],
+                         "about": "trunk_bridge with half the training draws at the rainy end "
+                                  "(t = T-1, the first sampling step's task)"},
     "trunk_regression": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
                                    "--loss", "image", "--process", "regression"],
                          "about": "pixel trunk, one pass from the rainy spectrum to the change "

@@ -31,7 +31,8 @@ REQUIRED = ("step", "model", "config", "model_config", "representation")
 # Config keys added after version 2 was introduced, with the value that reproduces what a
 # checkpoint without them did.
 ADDED_KEYS = {"process": "diffusion", "network": "unet", "coupled": False, "bridge_noise": 0.1,
-              "norm_gamma": 0.5, "block": 8, "freq_schedule": 0.0}
+              "norm_gamma": 0.5, "block": 8, "freq_schedule": 0.0,
+              "bridge_end": 0.0}
 
 
 class CheckpointError(ValueError):

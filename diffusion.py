@@ -135,19 +135,33 @@ class Bridge(_PredictsX0):
     noise sqrt(s_t (1 - s_t)) eps, s_t = (t + 1) / T, so x_{T-1} is the rainy input itself and
     x_0 is within 1/T of the target. The network predicts x0. Sampling (deterministic with
     eta = 0) starts at `start` and moves towards each x0 estimate along the bridge, keeping the
-    implied noise (the DDIM idea on a bridge); eta > 0 redraws that fraction of it."""
+    implied noise (the DDIM idea on a bridge); eta > 0 redraws that fraction of it.
+
+    Training draws t uniformly, or with `end` > 0 puts that fraction of the draws at t = T-1,
+    where the input is the rainy image itself: the task the first sampling step solves, and the
+    hardest one (uniform draws land there once in T; helpers/loss_by_t.py shows how much easier
+    the rest are)."""
 
     name = "bridge"
 
-    def __init__(self, timesteps=1000, noise=0.1):
-        self.timesteps, self.noise = int(timesteps), float(noise)
+    def __init__(self, timesteps=1000, noise=0.1, end=0.0):
+        self.timesteps, self.noise, self.end = int(timesteps), float(noise), float(end)
+        if not 0 <= self.end <= 1:
+            raise ValueError(f"--bridge-end is a fraction in [0, 1], got {end}")
 
     def _s(self, t, like):
         s = (t.to(like.dtype) + 1) / self.timesteps
         return s.view(-1, *([1] * (like.dim() - 1)))
 
     def draw(self, x0, generator=None):
-        return draw_t_and_noise(x0, self.timesteps, generator)
+        t, noise = draw_t_and_noise(x0, self.timesteps, generator)
+        if self.end > 0:  # drawn after (t, noise), so end = 0 draws exactly what it always did
+            if isinstance(generator, (list, tuple)):
+                u = torch.cat([torch.rand(1, generator=g, device=x0.device) for g in generator])
+            else:
+                u = torch.rand(x0.shape[0], generator=generator, device=x0.device)
+            t = torch.where(u < self.end, torch.full_like(t, self.timesteps - 1), t)
+        return t, noise
 
     def _sigma(self, s):
         return self.noise * (s * (1 - s)).clamp(min=0).sqrt()
@@ -242,7 +256,7 @@ def make_process(cfg, representation=None):
         return Diffusion(cfg["timesteps"], cfg["schedule"], cfg["prediction"],
                          frequency_exponent(representation, strength) if strength else None)
     if name == "bridge":
-        return Bridge(cfg["timesteps"], cfg.get("bridge_noise", 0.1))
+        return Bridge(cfg["timesteps"], cfg.get("bridge_noise", 0.1), cfg.get("bridge_end", 0.0))
     if name == "regression":
         return Regression()
     raise ValueError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}")

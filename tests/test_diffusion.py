@@ -231,6 +231,27 @@ def test_bridge_runs_from_the_rainy_input_to_the_target():
         assert r.std() < 1e-9 and 0 < r.mean() < 1
 
 
+def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
+    from diffusion import Bridge, make_process
+    x0 = torch.zeros(4000, 1, 2, 2)
+    base_t, base_noise = Bridge(1000).draw(x0, torch.Generator().manual_seed(3))
+    t, noise = Bridge(1000, end=0.25).draw(x0, torch.Generator().manual_seed(3))
+    assert torch.equal(noise, base_noise)  # the same noise; only t changes
+    moved = t != base_t
+    assert torch.equal(t[moved], torch.full_like(t[moved], 999))
+    frac = (t == 999).double().mean().item()  # 0.25 + 0.75 / 1000 expected
+    assert abs(frac - 0.25075) < 4 * (0.25 * 0.75 / 4000) ** 0.5
+    # per-sample generators (the training loop's): a sample's draw does not depend on its batch
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(6)]
+    t6, _ = Bridge(1000, end=0.5).draw(x0[:6], gens())
+    t3, _ = Bridge(1000, end=0.5).draw(x0[:3], gens()[:3])
+    assert torch.equal(t6[:3], t3)
+    cfg = {"process": "bridge", "timesteps": 1000, "bridge_end": 0.3}
+    assert make_process(cfg).end == 0.3 and make_process({**cfg, "bridge_end": 0.0}).end == 0
+    with pytest.raises(ValueError, match="bridge-end"):
+        Bridge(1000, end=1.5)
+
+
 def test_regression_is_one_pass_from_the_rainy_input():
     from diffusion import Regression
     calls = []
