@@ -4,9 +4,9 @@ estimate at fixed timesteps, on windows of a pairs CSV.
     python -m helpers.loss_by_t --ckpt runs/final/trunk_bridge/seed0 \\
         --csv data/presets/rain100/val_Rain100L.csv --windows 64
 
-For each timestep t it prints the PSNR of the network's x0 estimate (EMA weights) over the
-windows, the PSNR of the rainy windows, and for a bridge the PSNR of the *inversion* that ignores
-the noise, x0 ~ (x_t - s start) / (1 - s): where that inversion is already good, the task at t is
+For each timestep t it prints the PSNR (RGB in [0, 1], over all the windows' pixels: a training
+loss in decibels, not the benchmark's PSNR-Y) of the network's x0 estimate (EMA weights), the
+PSNR of the rainy windows, and for a bridge the PSNR of the *inversion* that ignores the noise, x0 ~ (x_t - s start) / (1 - s): where that inversion is already good, the task at t is
 nearly trivial and training draws spent there teach the network little. The fraction of uniform
 training draws at or above each t is printed beside it. Each window's crop and noise are fixed by
 its position, so runs are comparable.
@@ -95,7 +95,7 @@ def main(argv=None):
     rows = profile(derainer, args.csv, args.windows, ts, args.seed)
     print(f"{path} ({derainer.diffusion.name}), {args.windows} windows of {args.csv}; "
           f"rainy windows {rows[0]['rain_psnr']:.2f} dB")
-    print(f"{'t':>5s} {'draws >= t':>10s} {'x0 estimate':>12s} {'inversion':>10s}  (PSNR, dB)")
+    print(f"{'t':>5s} {'draws >= t':>10s} {'x0 estimate':>12s} {'inversion':>10s}  (PSNR-RGB, dB)")
     for r in rows:
         inv = f"{r['inversion_psnr']:10.2f}" if "inversion_psnr" in r else f"{'-':>10s}"
         print(f"{r['t']:5d} {r['draws_at_or_above']:10.3f} {r['estimate_psnr']:12.2f} {inv}")
