@@ -101,7 +101,7 @@ VARIANTS = {
 LEVERS = ["--representation", "realimag", "--signed-log", "true", "--norm", "perfreq_std",
           "--network", "unet", "--process", "diffusion", "--prediction", "v", "--loss", "model",
           "--crop", "64", "--batch-size", "16", "--freq-schedule", "0", "--coupled", "false",
-          "--sample-steps", "2"]
+          "--sample-steps", "2", "--bridge-end", "0"]
 BASE = ["--preset", "rain100", "--minutes", "0", "--eval-every", "0", "--eval-points", "0",
         "--final-eval", "false", "--log-every", "10", *LEVERS]
 SETS = ("Rain100L", "Rain100H")
@@ -243,10 +243,14 @@ def compare(scores, a, b):
                     float(r[m]))
         return acc, seeds
 
+    def order(k):  # full rows first, then the sets in SETS order, then sampler steps
+        pairs, set_name, steps = k
+        set_rank = SETS.index(set_name) if set_name in SETS else len(SETS)
+        return pairs != "all", pairs, set_rank, steps
+
     (sa, seeds_a), (sb, seeds_b) = per_image(a), per_image(b)
     out = []
-    for k in sorted(set(sa) & set(sb), key=lambda k: (k[0] != "all", k[0], SETS.index(k[1])
-                                                      if k[1] in SETS else 9, k[2])):
+    for k in sorted(set(sa) & set(sb), key=order):
         names = sorted(set(sa[k]) & set(sb[k]))
         row = {"pairs": k[0], "set": k[1], "sample_steps": k[2], "images": len(names),
                "seeds_a": len(seeds_a[k]), "seeds_b": len(seeds_b[k])}

@@ -149,9 +149,20 @@ class Bridge(_PredictsX0):
         if not 0 <= self.end <= 1:
             raise ValueError(f"--bridge-end is a fraction in [0, 1], got {end}")
 
-    def _s(self, t, like):
+    def start_weight(self, t, like):
+        """s_t = (t + 1) / T, the weight of the rainy start in x_t, shaped to broadcast over
+        `like`."""
         s = (t.to(like.dtype) + 1) / self.timesteps
         return s.view(-1, *([1] * (like.dim() - 1)))
+
+    def noiseless_x0(self, x_t, start, t):
+        """The x0 that x_t implies if its noise is ignored, (x_t - s start) / (1 - s); None where
+        some t is T-1 (s = 1: x_t is the start and says nothing about x0). Where it is already
+        close to x0, the task at t is nearly trivial (helpers/loss_by_t.py)."""
+        s = self.start_weight(t, x_t)
+        if float(s.max()) >= 1:
+            return None
+        return (x_t - s * start) / (1 - s)
 
     def draw(self, x0, generator=None):
         t, noise = draw_t_and_noise(x0, self.timesteps, generator)
@@ -167,7 +178,7 @@ class Bridge(_PredictsX0):
         return self.noise * (s * (1 - s)).clamp(min=0).sqrt()
 
     def train_input(self, x0, start, t, noise):
-        s = self._s(t, x0)
+        s = self.start_weight(t, x0)
         return (1 - s) * x0 + s * start + self._sigma(s) * noise
 
     @torch.no_grad()
@@ -182,7 +193,7 @@ class Bridge(_PredictsX0):
             x0 = _bounded(_guided(model, x, t, cond, guidance).to(x.dtype), clip, hook, t_now)
             if i == len(ts) - 1:
                 return x0
-            s, s_next = self._s(t, x), self._s(torch.full_like(t, ts[i + 1]), x)
+            s, s_next = self.start_weight(t, x), self.start_weight(torch.full_like(t, ts[i + 1]), x)
             sig, sig_next = self._sigma(s), self._sigma(s_next)
             eps = torch.where(sig > 0, (x - (1 - s) * x0 - s * start) / sig.clamp(min=1e-12),
                               torch.zeros_like(x))

@@ -23,7 +23,7 @@ from helpers.figures import plt, save_figure  # noqa: E402  (figures selects the
 
 DEFAULT_KEYS = ("representation", "signed_log", "norm", "target", "prediction", "loss", "crop",
                 "sampler", "sample_steps", "eta", "timesteps", "schedule", "model", "freq_coords",
-                "clip_x0", "network", "process", "bridge_noise")
+                "clip_x0", "network", "process", "bridge_noise", "bridge_end")
 ON, OFF = "\u25cf", "\u25cb"  # filled dot: the launch() default; open dot: the alternatives
 SAMPLERS = ("ddim", "ddpm")  # the names diffusion.sample dispatches on
 
@@ -65,6 +65,13 @@ def _target_text(target):
     return {"diff": "clean \u2212 rain", "clean": "clean"}.get(target, target)
 
 
+def _bridge_draws(end):
+    """How training draws t on the bridge (--bridge-end)."""
+    if not end:
+        return "t: uniform on 0 \u2026 T\u22121"
+    return f"t: {end:.0%} at T\u22121, the rest uniform"
+
+
 def pipeline_labels(defaults=None):
     """Every text of the diagram, as {name: str or list of lines}, from the code's constants and
     the launch() defaults (or `defaults`, a dict of the same keys)."""
@@ -101,7 +108,7 @@ def pipeline_labels(defaults=None):
     if process == "bridge":
         lab["noisy"] = ["x_t = (1 \u2212 s) target + s start", f"+ {d.get('bridge_noise', 0.1):g}"
                         "\u00b7\u221a(s(1\u2212s)) \u03b5,  s = (t+1)/T",
-                        "start = zero change (the rain)"]
+                        "start = zero change (the rain)", _bridge_draws(d.get("bridge_end", 0.0))]
     elif process == "regression":
         lab["noisy"] = ["no process: the network", "sees the rainy input (t = 0)"]
     else:

@@ -6,22 +6,20 @@ estimate at fixed timesteps, on windows of a pairs CSV.
 
 For each timestep t it prints the PSNR (RGB in [0, 1], over all the windows' pixels: a training
 loss in decibels, not the benchmark's PSNR-Y) of the network's x0 estimate (EMA weights), the
-PSNR of the rainy windows, and for a bridge the PSNR of the *inversion* that ignores the noise, x0 ~ (x_t - s start) / (1 - s): where that inversion is already good, the task at t is
-nearly trivial and training draws spent there teach the network little. The fraction of uniform
-training draws at or above each t is printed beside it. Each window's crop and noise are fixed by
-its position, so runs are comparable.
+PSNR of the rainy windows, and for a bridge the PSNR of the *inversion* that ignores the noise,
+x0 ~ (x_t - s start) / (1 - s) (Bridge.noiseless_x0): where that inversion is already good, the
+task at t is nearly trivial and training draws spent there teach the network little. The fraction
+of uniform training draws at or above each t is printed beside it. Each window's crop and noise
+are fixed by its position, so runs are comparable.
 """
 import argparse
 import sys
 
-import numpy as np
 import torch
 
+from helpers.metrics import psnr_from_mse
+
 DEFAULT_TS = "999,995,990,975,950,900,750,500,0"
-
-
-def psnr(mse):
-    return float(10 * np.log10(1.0 / max(mse, 1e-12)))
 
 
 @torch.no_grad()
@@ -31,7 +29,9 @@ def profile(derainer, csv, windows, ts, seed=0):
     that ignores the noise."""
     from torch.utils.data import default_collate
 
+    from diffusion import Bridge
     from utils import FFTDataset
+    psnr = lambda mse: psnr_from_mse(mse, peak=1.0)
     model, rep, process = derainer.model, derainer.rep, derainer.diffusion
     data = FFTDataset(csv, rep, train=True, seed=seed)
     batch = default_collate([data[(k % len(data), k)] for k in range(windows)])
@@ -51,11 +51,9 @@ def profile(derainer, csv, windows, ts, seed=0):
         mse = float(((rep.decode(x0_hat, rain) - clean) ** 2).mean())
         row = {"t": t_now, "draws_at_or_above": (T - t_now) / T, "estimate_psnr": psnr(mse),
                "rain_psnr": psnr(rain_mse)}
-        if process.needs_start and hasattr(process, "_s"):
-            s = process._s(t, x0)
-            if float(s.max()) < 1:
-                inv = (x_t - s * start) / (1 - s)
-                row["inversion_psnr"] = psnr(float(((rep.decode(inv, rain) - clean) ** 2).mean()))
+        inv = process.noiseless_x0(x_t, start, t) if isinstance(process, Bridge) else None
+        if inv is not None:
+            row["inversion_psnr"] = psnr(float(((rep.decode(inv, rain) - clean) ** 2).mean()))
         out.append(row)
     return out
 

@@ -77,11 +77,16 @@ def rgb_to_y(img_u8):
     return (16 + (k + _Y_DIV // 2) // _Y_DIV).astype(np.float64)  # round half up, exactly
 
 
-def _psnr(a, b):
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+def psnr_from_mse(mse, peak=PEAK):
+    """10 log10(peak^2 / mse) in dB; inf for mse 0 (peak 255 for uint8, 1 for [0, 1] floats)."""
+    mse = float(mse)
     if mse == 0:
         return math.inf
-    return float(10.0 * np.log10(PEAK ** 2 / mse))
+    return float(10.0 * np.log10(peak ** 2 / mse))
+
+
+def _psnr(a, b):
+    return psnr_from_mse(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
 
 
 def _check_pair(pred, target):

@@ -252,6 +252,24 @@ def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
         Bridge(1000, end=1.5)
 
 
+def test_bridge_noiseless_x0_inverts_a_noise_free_state_and_refuses_the_rainy_end():
+    from diffusion import Bridge
+    g = torch.Generator().manual_seed(0)
+    x0, start = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
+    b = Bridge(100, noise=0.0)
+    t = torch.tensor([0, 50, 98])
+    x_t = b.train_input(x0, start, t, torch.randn(x0.shape, generator=g))
+    torch.testing.assert_close(b.noiseless_x0(x_t, start, t), x0)
+    assert torch.equal(b.start_weight(t, x0).flatten(), (t + 1) / 100)
+    assert b.noiseless_x0(x_t, start, torch.tensor([0, 50, 99])) is None  # x_{T-1} = start
+    noisy = Bridge(100, noise=0.1)  # with noise the inversion is off by sigma / (1 - s) eps
+    x_t = noisy.train_input(x0, start, t, torch.ones_like(x0))
+    err = noisy.noiseless_x0(x_t, start, t) - x0
+    s = (t + 1).double() / 100
+    expected = 0.1 * (s * (1 - s)).sqrt() / (1 - s)
+    torch.testing.assert_close(err.amax(dim=(1, 2, 3)).double(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_regression_is_one_pass_from_the_rainy_input():
     from diffusion import Regression
     calls = []

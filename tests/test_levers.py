@@ -15,7 +15,7 @@ LEVERS = {
                     "--loss", "image"],
     "ffc": ["--network", "ffc"],
     "bridge": ["--process", "bridge", "--sample-steps", "3"],
-    "bridge_end": ["--process", "bridge", "--bridge-end", "0.5"],
+    "bridge_end": ["--process", "bridge", "--bridge-end", "0.25"],
     "regression": ["--process", "regression", "--representation", "pixels"],
     "fourier_regression": ["--process", "regression", "--network", "pixel_trunk",
                            "--signed-log", "false", "--loss", "image"],

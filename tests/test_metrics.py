@@ -67,6 +67,12 @@ def test_rgb_to_y_rejects_non_uint8_and_bad_shape():
 
 
 # ---------------------------------------------------------------- PSNR
+def test_psnr_from_mse_with_either_peak():
+    assert metrics.psnr_from_mse(1.0) == pytest.approx(10 * math.log10(255 ** 2), abs=1e-12)
+    assert metrics.psnr_from_mse(0.01, peak=1.0) == pytest.approx(20.0, abs=1e-12)
+    assert metrics.psnr_from_mse(0.0) == math.inf and metrics.psnr_from_mse(0, peak=1) == math.inf
+
+
 def test_psnr_of_known_mse():
     target = _const((0, 0, 0))   # Y = 16
     pred = _const((1, 1, 1))     # Y = 17: an offset of one grey level everywhere, MSE 1
