@@ -78,6 +78,11 @@ VARIANTS = {
                                    "0.5"],
                          "about": "trunk_bridge with half the training draws at the rainy end "
                                   "(t = T-1, the first sampling step's task)"},
+    "trunk_bridge_end90": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
+                                     "--loss", "image", "--process", "bridge", "--bridge-end",
+                                     "0.9"],
+                           "about": "trunk_bridge with 90 % of the draws at the rainy end (close "
+                                    "to regression for the first step)"},
     "trunk_regression": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
                                    "--loss", "image", "--process", "regression"],
                          "about": "pixel trunk, one pass from the rainy spectrum to the change "
