@@ -98,14 +98,19 @@ def sample_settings(cfg, **overrides):
     return s
 
 
+def steps_text(n):
+    """'1 step', '2 steps'."""
+    return f"{n} step" if int(n) == 1 else f"{n} steps"
+
+
 def sampler_text(process, s):
     """How a process samples with settings s, for messages: "bridge, 2 steps", "ddim, 2 steps,
     eta 0.0" or "one pass" (a bridge has one sampler; regression has none)."""
     if process == "regression":
         return "one pass"
     if process == "bridge":
-        return f"bridge, {s['sample_steps']} steps"
-    return f"{s['sampler']}, {s['sample_steps']} steps, eta {s['eta']}"
+        return f"bridge, {steps_text(s['sample_steps'])}"
+    return f"{s['sampler']}, {steps_text(s['sample_steps'])}, eta {s['eta']}"
 
 
 class Derainer:

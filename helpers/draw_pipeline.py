@@ -78,7 +78,7 @@ def pipeline_labels(defaults=None):
     import diffusion
     import representations
     from representations import base
-    from sampling import OVERLAP
+    from sampling import OVERLAP, steps_text
     d = pipeline_defaults() if defaults is None else dict(defaults)
     rep, norm, target = d["representation"], d["norm"], d["target"]
     crop = d["crop"]
@@ -135,13 +135,18 @@ def pipeline_labels(defaults=None):
         lab["sampler_title"] = "DDPM / DDIM sampler"
         lab["sampler"] = ["  ".join(f"{ON if s == d['sampler'] else OFF} {s.upper()}"
                                     for s in SAMPLERS),
-                          f"{d['sample_steps']} steps, eta {d['eta']:g}",
+                          f"{steps_text(d['sample_steps'])}, eta {d['eta']:g}",
                           "x_T ~ N(0, I) \u2192 \u2026 \u2192 x_0", clip]
     else:
         lab["sampler_title"] = "bridge sampler" if process == "bridge" else "one pass"
-        lab["sampler"] = ([f"{d['sample_steps']} steps, deterministic",
-                           "x_T = start (the rainy input)", "\u2192 \u2026 \u2192 x_0", clip]
-                          if process == "bridge" else ["x_0 = network(start)", clip])
+        if process != "bridge":
+            lab["sampler"] = ["x_0 = network(start)", clip]
+        elif int(d["sample_steps"]) == 1:
+            lab["sampler"] = ["1 step: the x0 estimate at", "x_T = start (the rainy input)",
+                              "(--sample-steps N: N deterministic steps)", clip]
+        else:
+            lab["sampler"] = [f"{steps_text(d['sample_steps'])}, deterministic",
+                              "x_T = start (the rainy input)", "\u2192 \u2026 \u2192 x_0", clip]
     lab["windows_in"] = (f"sampling: the rainy photo is cut into {crop}\u00d7{crop} windows "
                          f"({OVERLAP:.0%} overlap);\nthe condition is each window's rain "
                          "spectrum, made as above")

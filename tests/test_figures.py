@@ -56,7 +56,12 @@ def test_labels_come_from_the_code_and_follow_launch_defaults(monkeypatch):
     assert f"{DP.ON} {d['norm']}" in lab["norm"]
     assert f"representation={d['representation']}" in lab["subtitle"]
     assert f"crop={d['crop']}" in lab["subtitle"]
-    assert f"{d['sample_steps']} steps" in "\n".join(lab["sampler"])
+    from sampling import steps_text
+    sampler = "\n".join(lab["sampler"])
+    assert (f"{steps_text(d['sample_steps'])}" in sampler if d["sample_steps"] > 1 else
+            "1 step: the x0 estimate" in sampler)
+    two = "\n".join(DP.pipeline_labels({**d, "sample_steps": 2})["sampler"])
+    assert "2 steps, deterministic" in two
     assert f"process={d['process']}" in lab["subtitle"]
     assert f"network={d['network']}" in lab["subtitle"]
 
