@@ -3,7 +3,7 @@ validation pairs through the one evaluation path, and tabulate.
 
     python ablate.py --study runs/study --minutes 5 --seeds 0                 # screen them all
     python ablate.py --study runs/final --minutes 35 --seeds 0,1 --eval-steps 1,2,20 \\
-        --variants fourier_best,pixel,regression
+        --variants trunk_bridge_end,pixel,regression
     python ablate.py --study runs/study --list                                # the variants
 
 Every variant is a set of ddpm_conditional.py flags on top of the rain100 preset (Rain100L and
