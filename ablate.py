@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent
 
 # name -> flags for ddpm_conditional.py (on top of BASE), and sampling overrides for evaluation;
 # "train_as" reuses another variant's training (a sampling-only lever).
-REFERENCES = ("pixel", "pixel_x0", "regression")  # drawn in another colour
+REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "regression")  # drawn in another colour
 VARIANTS = {
     # the references
     "pixel": {"flags": ["--representation", "pixels"],
@@ -47,6 +47,11 @@ VARIANTS = {
                        "the pre-study levers)"},
     "pixel_x0": {"flags": ["--representation", "pixels", "--prediction", "x0"],
                  "about": "the pixel reference predicting x0 (its loss is then the image MSE)"},
+    "pixel_bridge_end": {"flags": ["--representation", "pixels", "--loss", "image", "--process",
+                                   "bridge", "--bridge-end", "0.5"],
+                         "about": "the default's process and levers in pixels: the bridge from the "
+                                  "rainy image, half the draws at its end, image loss, the pixel "
+                                  "UNet (isolates the Fourier domain)"},
     "regression": {"flags": ["--representation", "pixels", "--process", "regression"],
                    "about": "the same UNet, one forward pass, trained on the clean image (MSE)"},
     # the Fourier model as it was, and one lever at a time

@@ -17,6 +17,7 @@ LEVERS = {
     "bridge": ["--process", "bridge", "--sample-steps", "3"],
     "bridge_end": ["--process", "bridge", "--bridge-end", "0.25"],
     "regression": ["--process", "regression", "--representation", "pixels"],
+    "pixel_bridge": ["--representation", "pixels", "--process", "bridge", "--bridge-end", "0.5"],
     "fourier_regression": ["--process", "regression", "--network", "pixel_trunk",
                            "--signed-log", "false", "--loss", "image"],
     "scalar_std": ["--norm", "scalar_std"],
