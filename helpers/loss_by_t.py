@@ -93,7 +93,7 @@ def main(argv=None):
     rows = profile(derainer, args.csv, args.windows, ts, args.seed)
     print(f"{path} ({derainer.diffusion.name}), {args.windows} windows of {args.csv}; "
           f"rainy windows {rows[0]['rain_psnr']:.2f} dB")
-    print(f"{'t':>5s} {'draws >= t':>10s} {'x0 estimate':>12s} {'inversion':>10s}  (PSNR-RGB, dB)")
+    print(f"{'t':>5s} {'uniform>=t':>10s} {'x0 estimate':>12s} {'inversion':>10s}  (PSNR-RGB, dB)")
     for r in rows:
         inv = f"{r['inversion_psnr']:10.2f}" if "inversion_psnr" in r else f"{'-':>10s}"
         print(f"{r['t']:5d} {r['draws_at_or_above']:10.3f} {r['estimate_psnr']:12.2f} {inv}")
