@@ -39,6 +39,9 @@ REPO = Path(__file__).resolve().parent
 
 # name -> flags for ddpm_conditional.py (on top of BASE), and sampling overrides for evaluation;
 # "train_as" reuses another variant's training (a sampling-only lever).
+# the default's levers (pixel trunk, linear spectrum, image loss, the bridge); --bridge-end varies
+TRUNK_BRIDGE = ["--network", "pixel_trunk", "--signed-log", "false", "--loss", "image",
+                "--process", "bridge"]
 REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "regression")  # drawn in another colour
 VARIANTS = {
     # the references
@@ -75,17 +78,12 @@ VARIANTS = {
     "trunk": {"flags": ["--network", "pixel_trunk", "--prediction", "x0", "--signed-log",
                         "false", "--loss", "image"],
               "about": "spectrum in and out, pixel UNet inside, linear, image loss"},
-    "trunk_bridge": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
-                               "--loss", "image", "--process", "bridge"],
+    "trunk_bridge": {"flags": TRUNK_BRIDGE,
                      "about": "pixel trunk, bridge from the rainy input"},
-    "trunk_bridge_end": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
-                                   "--loss", "image", "--process", "bridge", "--bridge-end",
-                                   "0.5"],
+    "trunk_bridge_end": {"flags": [*TRUNK_BRIDGE, "--bridge-end", "0.5"],
                          "about": "trunk_bridge with half the training draws at the rainy end "
                                   "(t = T-1, the first sampling step's task)"},
-    "trunk_bridge_end90": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
-                                     "--loss", "image", "--process", "bridge", "--bridge-end",
-                                     "0.9"],
+    "trunk_bridge_end90": {"flags": [*TRUNK_BRIDGE, "--bridge-end", "0.9"],
                            "about": "trunk_bridge with 90 % of the draws at the rainy end (close "
                                     "to regression for the first step)"},
     "trunk_regression": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
