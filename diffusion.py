@@ -99,6 +99,10 @@ class Diffusion:
     def draw(self, x0, generator=None):
         return draw_t_and_noise(x0, self.timesteps, generator)
 
+    def share_at_or_above(self, t):
+        """The fraction of training draws (`draw`) at timestep t or later: uniform."""
+        return (self.timesteps - int(t)) / self.timesteps
+
     def train_input(self, x0, start, t, noise):
         return self.q_sample(x0, t, noise)
 
@@ -163,6 +167,13 @@ class Bridge(_PredictsX0):
         if float(s.max()) >= 1:
             return None
         return (x_t - s * start) / (1 - s)
+
+    def share_at_or_above(self, t):
+        """The fraction of training draws (`draw`) at timestep t or later: `end` of them at
+        T - 1, the rest uniform."""
+        if int(t) >= self.timesteps:
+            return 0.0
+        return self.end + (1 - self.end) * (self.timesteps - int(t)) / self.timesteps
 
     def draw(self, x0, generator=None):
         t, noise = draw_t_and_noise(x0, self.timesteps, generator)

@@ -9,7 +9,8 @@ loss in decibels, not the benchmark's PSNR-Y) of the network's x0 estimate (EMA 
 PSNR of the rainy windows, and for a bridge the PSNR of the *inversion* that ignores the noise,
 x0 ~ (x_t - s start) / (1 - s) (Bridge.noiseless_x0): where that inversion is already good, the
 task at t is nearly trivial and training draws spent there teach the network little. The fraction
-of uniform training draws at or above each t is printed beside it. Each window's crop and noise
+of the checkpoint's training draws at or above each t (its process's `share_at_or_above`: with
+`--bridge-end p`, p of them at T - 1 and the rest uniform) is printed beside it. Each window's crop and noise
 are fixed by its position, so runs are comparable.
 """
 import argparse
@@ -24,7 +25,7 @@ DEFAULT_TS = "999,995,990,975,950,900,750,500,0"
 
 @torch.no_grad()
 def profile(derainer, csv, windows, ts, seed=0):
-    """-> one dict per t: t, the fraction of uniform draws >= t, and PSNRs (dB, over all
+    """-> one dict per t: t, the fraction of the process's training draws >= t, and PSNRs (dB, over all
     windows' pixels) of the x0 estimate, of the rainy window and, for a bridge, of the inversion
     that ignores the noise."""
     from torch.utils.data import default_collate
@@ -49,8 +50,8 @@ def profile(derainer, csv, windows, ts, seed=0):
         x_t = process.train_input(x0, start, t, noise)
         x0_hat = process.x0_estimate(model(x_t, t, cond).float(), x_t, t)
         mse = float(((rep.decode(x0_hat, rain) - clean) ** 2).mean())
-        row = {"t": t_now, "draws_at_or_above": (T - t_now) / T, "estimate_psnr": psnr(mse),
-               "rain_psnr": psnr(rain_mse)}
+        row = {"t": t_now, "draws_at_or_above": process.share_at_or_above(t_now),
+               "estimate_psnr": psnr(mse), "rain_psnr": psnr(rain_mse)}
         inv = process.noiseless_x0(x_t, start, t) if isinstance(process, Bridge) else None
         if inv is not None:
             row["inversion_psnr"] = psnr(float(((rep.decode(inv, rain) - clean) ** 2).mean()))
@@ -93,7 +94,7 @@ def main(argv=None):
     rows = profile(derainer, args.csv, args.windows, ts, args.seed)
     print(f"{path} ({derainer.diffusion.name}), {args.windows} windows of {args.csv}; "
           f"rainy windows {rows[0]['rain_psnr']:.2f} dB")
-    print(f"{'t':>5s} {'uniform>=t':>10s} {'x0 estimate':>12s} {'inversion':>10s}  (PSNR-RGB, dB)")
+    print(f"{'t':>5s} {'draws>=t':>10s} {'x0 estimate':>12s} {'inversion':>10s}  (PSNR-RGB, dB)")
     for r in rows:
         inv = f"{r['inversion_psnr']:10.2f}" if "inversion_psnr" in r else f"{'-':>10s}"
         print(f"{r['t']:5d} {r['draws_at_or_above']:10.3f} {r['estimate_psnr']:12.2f} {inv}")

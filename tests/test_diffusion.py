@@ -241,6 +241,13 @@ def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
     assert torch.equal(t[moved], torch.full_like(t[moved], 999))
     frac = (t == 999).double().mean().item()  # 0.25 + 0.75 / 1000 expected
     assert abs(frac - 0.25075) < 4 * (0.25 * 0.75 / 4000) ** 0.5
+    # the share the process reports (helpers/loss_by_t.py prints it) is the one it draws
+    for b, tt in ((Bridge(1000, end=0.25), t), (Bridge(1000), base_t)):
+        for at in (999, 900, 500, 0):
+            share = (tt >= at).double().mean().item()
+            assert abs(b.share_at_or_above(at) - share) < 4 * (0.25 / 4000) ** 0.5
+    assert Bridge(1000, end=0.25).share_at_or_above(999) == pytest.approx(0.25075)
+    assert Bridge(1000, end=0.25).share_at_or_above(0) == 1.0
     # per-sample generators (the training loop's): a sample's draw does not depend on its batch
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(6)]
     t6, _ = Bridge(1000, end=0.5).draw(x0[:6], gens())

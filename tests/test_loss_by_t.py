@@ -21,12 +21,13 @@ def pairs(tmp_path_factory):
 
 
 def test_a_bridge_profile_by_timestep(pairs, tmp_path, capsys):
-    _train(pairs, tmp_path / "bridge", "--process", "bridge")
+    _train(pairs, tmp_path / "bridge", "--process", "bridge", "--bridge-end", "0.5")
     from checkpoint import ckpt_paths, load_derainer
     derainer, _ = load_derainer(ckpt_paths(tmp_path / "bridge")[-1])
     rows = loss_by_t.profile(derainer, pairs, windows=6, ts=[999, 990, 500, 0])
     assert [r["t"] for r in rows] == [999, 990, 500, 0]
-    assert [r["draws_at_or_above"] for r in rows] == [0.001, 0.01, 0.5, 1.0]
+    # half the draws at T - 1, the rest uniform
+    assert [r["draws_at_or_above"] for r in rows] == pytest.approx([0.5005, 0.505, 0.75, 1.0])
     assert len({r["rain_psnr"] for r in rows}) == 1  # the same windows at every t
     assert "inversion_psnr" not in rows[0]  # at s = 1 the input holds nothing of x0
     inv = [r["inversion_psnr"] for r in rows[1:]]
