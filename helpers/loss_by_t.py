@@ -10,8 +10,8 @@ PSNR of the rainy windows, and for a bridge the PSNR of the *inversion* that ign
 x0 ~ (x_t - s start) / (1 - s) (Bridge.noiseless_x0): where that inversion is already good, the
 task at t is nearly trivial and training draws spent there teach the network little. The fraction
 of the checkpoint's training draws at or above each t (its process's `share_at_or_above`: with
-`--bridge-end p`, p of them at T - 1 and the rest uniform) is printed beside it. Each window's crop and noise
-are fixed by its position, so runs are comparable.
+`--bridge-end p`, p of them at T - 1 and the rest uniform) is printed beside it. Each window's
+crop and noise are fixed by its position, so runs are comparable.
 """
 import argparse
 import sys
