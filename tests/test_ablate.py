@@ -116,3 +116,22 @@ def test_compare_pairs_images_and_averages_seeds():
 def test_compare_without_scores_says_what_to_run(tmp_path, capsys):
     assert ablate.main(["--study", str(tmp_path), "--compare", "a,b"]) == 1
     assert "scores.csv" in capsys.readouterr().err
+
+
+def test_launch_defaults_train_the_study_s_default_variant(capsys):
+    """Every lever the study pins, resolved with the default variant's flags, is launch()'s
+    default (the sampler's step count aside: the study evaluates at --eval-steps)."""
+    import ddpm_conditional as D
+    cfg, _ = D.resolve_config([*ablate.LEVERS, *ablate.VARIANTS[ablate.DEFAULT]["flags"]])
+    defaults = D.launch()
+    keys = [flag[2:].replace("-", "_") for flag in ablate.LEVERS[::2]]
+    assert "bridge_end" in keys and "network" in keys
+    ignored = {"sample_steps", "prediction"}  # the bridge predicts x0 whatever --prediction says
+    assert {k: (cfg[k], defaults[k]) for k in keys
+            if k not in ignored and cfg[k] != defaults[k]} == {}
+    from diffusion import make_process
+    assert make_process(cfg).prediction == make_process(defaults).prediction == "x0"
+    assert make_process(cfg).end == make_process(defaults).end
+    assert ablate.main(["--list"]) == 0
+    assert f"{ablate.DEFAULT} " in next(ln for ln in capsys.readouterr().out.splitlines()
+                                       if "launch()'s default" in ln)
