@@ -92,6 +92,11 @@ VARIANTS = {
     "trunk_bridge_end90": {"flags": [*TRUNK_BRIDGE, "--bridge-end", "0.9"],
                            "about": "trunk_bridge with 90 % of the draws at the rainy end (close "
                                     "to regression for the first step)"},
+    "trunk_bridge_end90_scalar": {"flags": [*TRUNK_BRIDGE, "--bridge-end", "0.9", "--norm",
+                                            "scalar_std", "--clip-x0", "0"],
+                                  "about": "the default with one scale for all frequencies "
+                                           "(white noise in pixels, as the pixel bridge) and "
+                                           "no x0 clip"},
     "trunk_regression": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
                                    "--loss", "image", "--process", "regression"],
                          "about": "pixel trunk, one pass from the rainy spectrum to the change "
@@ -356,7 +361,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.list:
         for name, v in VARIANTS.items():
-            print(f"{name:18s} {v['about']}" + ("  [launch()'s default]" if name == DEFAULT
+            print(f"{name:{max(map(len, VARIANTS))}s} {v['about']}" + ("  [launch()'s default]" if name == DEFAULT
                                                 else ""))
         return 0
     if args.compare:

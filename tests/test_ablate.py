@@ -135,3 +135,19 @@ def test_launch_defaults_train_the_study_s_default_variant(capsys):
     assert ablate.main(["--list"]) == 0
     assert f"{ablate.DEFAULT} " in next(ln for ln in capsys.readouterr().out.splitlines()
                                        if "launch()'s default" in ln)
+
+
+def test_every_variant_is_a_valid_configuration():
+    """Each variant's flags parse on top of the pinned levers (a typo in a flag or a value fails
+    here, not after a calibration), and its sampling overrides are sampler settings."""
+    import ddpm_conditional as D
+    from sampling import SAMPLE_KEYS
+    for name, spec in ablate.VARIANTS.items():
+        assert set(spec) <= {"flags", "about", "sample", "train_as"}, name
+        assert spec.get("train_as", name) in ablate.VARIANTS, name
+        assert set(spec.get("sample", {})) <= set(SAMPLE_KEYS), name
+        cfg, _ = D.resolve_config([*ablate.LEVERS, *spec.get("flags", [])])
+        flags = spec.get("flags", [])
+        for flag, value in dict(zip(flags[::2], flags[1::2])).items():  # the last one wins
+            got = cfg[flag[2:].replace("-", "_")]
+            assert str(got).lower() == value.lower() or float(got) == float(value), (name, flag)
