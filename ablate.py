@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent
 # the default's levers (pixel trunk, linear spectrum, image loss, the bridge); --bridge-end varies
 TRUNK_BRIDGE = ["--network", "pixel_trunk", "--signed-log", "false", "--loss", "image",
                 "--process", "bridge"]
+PIXEL_BRIDGE = ["--representation", "pixels", "--loss", "image", "--process", "bridge"]  # in pixels
 # drawn in another colour
 REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "pixel_bridge_end90", "regression")
 DEFAULT = "trunk_bridge_end90"  # the variant that launch()'s defaults train (a test checks it)
@@ -52,13 +53,11 @@ VARIANTS = {
                        "the pre-study levers)"},
     "pixel_x0": {"flags": ["--representation", "pixels", "--prediction", "x0"],
                  "about": "the pixel reference predicting x0 (its loss is then the image MSE)"},
-    "pixel_bridge_end": {"flags": ["--representation", "pixels", "--loss", "image", "--process",
-                                   "bridge", "--bridge-end", "0.5"],
+    "pixel_bridge_end": {"flags": [*PIXEL_BRIDGE, "--bridge-end", "0.5"],
                          "about": "the process and levers of trunk_bridge_end in pixels: the bridge "
                                   "from the rainy image, half the draws at its end, image loss, "
                                   "the pixel UNet (isolates the Fourier domain)"},
-    "pixel_bridge_end90": {"flags": ["--representation", "pixels", "--loss", "image",
-                                     "--process", "bridge", "--bridge-end", "0.9"],
+    "pixel_bridge_end90": {"flags": [*PIXEL_BRIDGE, "--bridge-end", "0.9"],
                            "about": "pixel_bridge_end with 90 % of the draws at the rainy end: "
                                     "the default's levers exactly, in pixels"},
     "regression": {"flags": ["--representation", "pixels", "--process", "regression"],
