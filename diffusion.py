@@ -40,6 +40,11 @@ def linear_beta_schedule(timesteps, beta_start=1e-4, beta_end=0.02):
     return torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64)
 
 
+def uniform_share_at_or_above(timesteps, t):
+    """The fraction of t drawn uniformly from 0..timesteps-1 (draw_t_and_noise) that is >= t."""
+    return min(max((timesteps - int(t)) / timesteps, 0.0), 1.0)
+
+
 class Diffusion:
     """Holds the schedule (float64 on the CPU; gathered values are cast to the input's dtype)."""
 
@@ -101,7 +106,7 @@ class Diffusion:
 
     def share_at_or_above(self, t):
         """The fraction of training draws (`draw`) at timestep t or later: uniform."""
-        return (self.timesteps - int(t)) / self.timesteps
+        return uniform_share_at_or_above(self.timesteps, t)
 
     def train_input(self, x0, start, t, noise):
         return self.q_sample(x0, t, noise)
@@ -173,7 +178,7 @@ class Bridge(_PredictsX0):
         T - 1, the rest uniform."""
         if int(t) >= self.timesteps:
             return 0.0
-        return self.end + (1 - self.end) * (self.timesteps - int(t)) / self.timesteps
+        return self.end + (1 - self.end) * uniform_share_at_or_above(self.timesteps, t)
 
     def draw(self, x0, generator=None):
         t, noise = draw_t_and_noise(x0, self.timesteps, generator)

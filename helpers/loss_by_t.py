@@ -25,9 +25,9 @@ DEFAULT_TS = "999,995,990,975,950,900,750,500,0"
 
 @torch.no_grad()
 def profile(derainer, csv, windows, ts, seed=0):
-    """-> one dict per t: t, the fraction of the process's training draws >= t, and PSNRs (dB, over all
-    windows' pixels) of the x0 estimate, of the rainy window and, for a bridge, of the inversion
-    that ignores the noise."""
+    """-> one dict per t: t, the fraction of the process's training draws >= t, and PSNRs (dB,
+    over all windows' pixels) of the x0 estimate, of the rainy window and, for a bridge, of the
+    inversion that ignores the noise."""
     from torch.utils.data import default_collate
 
     from diffusion import Bridge
