@@ -359,9 +359,10 @@ def main(argv=None):
                          "exit; nothing is trained or evaluated")
     args = ap.parse_args(argv)
     if args.list:
+        width = max(map(len, VARIANTS))
         for name, v in VARIANTS.items():
-            print(f"{name:{max(map(len, VARIANTS))}s} {v['about']}" + ("  [launch()'s default]" if name == DEFAULT
-                                                else ""))
+            mark = "  [launch()'s default]" if name == DEFAULT else ""
+            print(f"{name:{width}s} {v['about']}{mark}")
         return 0
     if args.compare:
         pair = [v.strip() for v in args.compare.split(",")]
