@@ -137,7 +137,7 @@ def run_training(args, study, variant, seed, extra, log):
     run_dir = study / variant / f"seed{seed}"
     cmd = [sys.executable, str(REPO / "ddpm_conditional.py"), *BASE, *VARIANTS[variant]["flags"],
            "--seed", str(seed), "--run-dir", str(run_dir), "--threads", str(args.threads),
-           "--data-root", args.data_root, *extra]
+           "--data-root", args.data_root, "--device", str(args.device), *extra]
     if (run_dir / "config.json").exists():
         cmd.append("--resume")
     log(f"$ {' '.join(cmd[1:])}")
@@ -174,7 +174,8 @@ def calibrate(args, study, variant, log):
         shutil.rmtree(cal_dir)
     cmd = [sys.executable, str(REPO / "ddpm_conditional.py"), *BASE, *VARIANTS[variant]["flags"],
            "--run-dir", str(cal_dir), "--max-steps", str(b), "--log-every", "1",
-           "--ckpt-every", "0", "--threads", str(args.threads), "--data-root", args.data_root]
+           "--ckpt-every", "0", "--threads", str(args.threads), "--data-root", args.data_root,
+           "--device", str(args.device)]
     log(f"calibrating {variant}: {b} steps")
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if r.returncode != 0:
@@ -210,7 +211,8 @@ def write_results(path, rows, fields=FIELDS):
     os.replace(tmp, path)
 
 
-def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads, limit=None):
+def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads, limit=None,
+             device="cpu"):
     """PSNR-Y / SSIM-Y of one checkpoint on each validation set (its first `limit` pairs, or
     all) through sampling.py -> (the means, one row per image)."""
     import torch
@@ -218,8 +220,8 @@ def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads, limit=
     from checkpoint import ckpt_paths, load_derainer
     from sampling import derain_items, pairs_items
     torch.set_num_threads(threads)
-    derainer, _ = load_derainer(ckpt_paths(run_dir)[-1], sample_steps=sample_steps,
-                                **sample_overrides)
+    derainer, _ = load_derainer(ckpt_paths(run_dir)[-1], device=device,
+                                sample_steps=sample_steps, **sample_overrides)
     out, images, t0 = {}, [], time.time()
     for name, csv_path in data_csvs.items():
         report = derain_items(derainer, pairs_items(csv_path, limit=limit), score=True,
@@ -352,6 +354,9 @@ def main(argv=None):
                     help="evaluate on the first N pairs of each set only (0: all); such rows "
                          "are kept apart from the full ones (column pairs)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every run")
+    ap.add_argument("--device", default="auto",
+                    help="where every run trains and is evaluated: auto (CUDA when present) | "
+                         "cpu | cuda[:N]")
     ap.add_argument("--data-root", default="../shared/data", help="the shared data folder")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
     ap.add_argument("--compare", metavar="A,B", default="",
@@ -380,6 +385,12 @@ def main(argv=None):
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; see --list")
+    from helpers.devices import DeviceError, resolve_device
+    try:
+        device = resolve_device(args.device)  # the runs resolve the same name themselves
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     seeds = [int(s) for s in args.seeds.split(",")]
     eval_steps = [int(s) for s in args.eval_steps.split(",")]
     study = Path(args.study)
@@ -422,7 +433,7 @@ def main(argv=None):
                 log(f"evaluating {variant} seed {seed} at {n} sampling step(s) on "
                     f"{pairs_key} pairs a set")
                 res, images = evaluate(run_dir, n, spec.get("sample", {}), data_csvs,
-                                       args.threads, args.eval_pairs or None)
+                                       args.threads, args.eval_pairs or None, device)
                 this = {"variant": variant, "seed": seed, "sample_steps": n, "pairs": pairs_key}
                 row = {**this, "train_steps": steps, "train_minutes": round(minutes, 2), **res}
                 rows = [r for r in rows if key(r) != key(this)] + [_formatted(row)]

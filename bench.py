@@ -79,8 +79,11 @@ def parse_args(argv=None):
     defaults = launch()
     args.representation = args.representation or defaults["representation"]
     args.loss = args.loss or defaults["loss"]
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    from helpers.devices import DeviceError, resolve_device
+    try:  # the one resolver (the worker's Distributed resolves the same name again)
+        args.device = resolve_device(args.device or "auto").type
+    except DeviceError as e:
+        p.error(str(e))
     if args.amp is None:
         args.amp = "bf16" if args.device == "cuda" else "none"
     if args.models is None:
@@ -115,7 +118,8 @@ def random_batch(rep, batch, size, device):
     return {"target": torch.randn(batch, c, h, w, generator=g),
             "cond": torch.randn(batch, c, h, w, generator=g),
             "rain": torch.rand(batch, 3, size, size, generator=g),
-            "clean": torch.rand(batch, 3, size, size, generator=g)}
+            "clean": torch.rand(batch, 3, size, size, generator=g),
+            "position": torch.arange(batch)}  # per-sample noise, as in training
 
 
 def unit_ranges(rep, size):
@@ -147,22 +151,21 @@ def run_model(args, name):
     parts = Parts(cfg, env, representation=rep)
     step = TrainStep(cfg, parts, env)
     stream = itertools.repeat(random_batch(rep, args.batch, args.size, env.device))
-    gen = torch.Generator(device=env.device).manual_seed(0)
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
     for _ in range(args.warmup):
-        step(stream, gen)
+        step(stream)
     sync()
-    times, loss = [], None
+    times, loss, skipped = [], None, None
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        loss, _, _ = step(stream, gen)
+        loss, _, skipped, _ = step(stream)
         sync()
         times.append(time.perf_counter() - t0)
-    if loss is None or not math.isfinite(loss):
+    if loss is None or bool(skipped) or not math.isfinite(float(loss)):
         raise RuntimeError(f"{name}: non-finite loss {loss}")
 
     med = statistics.median(times)

@@ -15,7 +15,8 @@ import torch
 
 from checkpoint import CheckpointError, load_derainer
 from helpers.images import write_text
-from sampling import derain_items, pairs_items, pick_device
+from helpers.devices import DeviceError, resolve_device
+from sampling import derain_items, pairs_items
 
 
 def main(argv=None):
@@ -33,7 +34,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = pick_device(a.device)
+    try:
+        device = resolve_device(a.device)
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         derainer, _ = load_derainer(a.ckpt, device=device,
                                     coupled=None if a.coupled is None else a.coupled == "true")

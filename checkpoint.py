@@ -110,9 +110,15 @@ def _from_version_1(ckpt):
     return out
 
 
-def model_from_checkpoint(ckpt, ema=True):
-    """(model in eval mode, representation, diffusion, config) from a loaded checkpoint; the EMA
-    weights unless ema=False."""
+def ema_weights(ema_state):
+    """The model's weights from an EMA state ("module."-prefixed names, plus n_averaged: the
+    layout of torch.optim.swa_utils.AveragedModel and of ddpm_conditional.EMA)."""
+    return {k[len("module."):]: v for k, v in ema_state.items() if k.startswith("module.")}
+
+
+def model_from_checkpoint(ckpt, ema=True, device="cpu"):
+    """(model in eval mode on `device`, representation, diffusion, config) from a loaded
+    checkpoint; the EMA weights unless ema=False."""
     import representations
     from diffusion import make_process
     from modules import build_network
@@ -125,9 +131,7 @@ def model_from_checkpoint(ckpt, ema=True):
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: checkpoint is inconsistent ({type(e).__name__}: "
                               f"{e}); use an earlier checkpoint of the run") from e
-    state = ckpt["model"]
-    if ema and ckpt.get("ema"):  # AveragedModel's state: "module."-prefixed, plus n_averaged
-        state = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    state = ema_weights(ckpt["ema"]) if ema and ckpt.get("ema") else ckpt["model"]
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # missing, unexpected or mis-shaped weights
@@ -135,9 +139,9 @@ def model_from_checkpoint(ckpt, ema=True):
                               f"({str(e).splitlines()[0][:200]}); use an earlier checkpoint "
                               "of the run") from e
     model.eval()
-    if cfg.get("channels_last", True):  # NHWC: ~1.3x faster sampling on CPU too, same numbers
-        model = model.to(memory_format=torch.channels_last)
-    return model, rep, diffusion, cfg
+    # NHWC: ~1.3x faster sampling on CPU too, same numbers; one move, the statistics with it
+    fmt = torch.channels_last if cfg.get("channels_last", True) else torch.preserve_format
+    return model.to(device, memory_format=fmt), rep.to(device), diffusion, cfg
 
 
 def export_checkpoint(src, dst, fp16=False):
@@ -146,9 +150,7 @@ def export_checkpoint(src, dst, fp16=False):
     the optimiser. derain.py and load_derainer read it like a training checkpoint. Returns the
     sizes of both files in bytes."""
     ckpt = load_checkpoint(src)
-    state = ckpt["model"]
-    if ckpt.get("ema"):
-        state = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    state = ema_weights(ckpt["ema"]) if ckpt.get("ema") else ckpt["model"]
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out = {"step": ckpt["step"], "model": state, "config": ckpt["config"],
@@ -172,6 +174,6 @@ def load_derainer(path, device="cpu", ema=True, **overrides):
     override (sampler, sample_steps, eta, guidance, clip_x0, ensemble, sample_batch) is given."""
     from sampling import Derainer, sample_settings
     ckpt = load_checkpoint(path)
-    model, rep, diffusion, cfg = model_from_checkpoint(ckpt, ema=ema)
-    return Derainer(model.to(device), rep, diffusion, sample_settings(cfg, **overrides), device,
+    model, rep, diffusion, cfg = model_from_checkpoint(ckpt, ema=ema, device=device)
+    return Derainer(model, rep, diffusion, sample_settings(cfg, **overrides), device,
                     name=Path(ckpt["path"]).name), cfg

@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.optim.swa_utils import AveragedModel
 
 import representations
-from checkpoint import CheckpointError, ckpt_paths, load_checkpoint, save_checkpoint
+from checkpoint import (CheckpointError, ckpt_paths, ema_weights, load_checkpoint,
+                        save_checkpoint)
 from diffusion import PROCESSES, make_process
+from helpers.devices import DeviceError, resolve_device
 from helpers.seeding import hash_seed
 from losses import make_loss
 from modules import MODEL_PRESETS, NETWORKS, build_network
@@ -374,23 +375,19 @@ def make_representation(cfg):
 # ===================================================================== processes and devices
 class Distributed:
     """This process's place in a torchrun job (or a single process): rank, world, device, and
-    the few collectives the loop needs."""
+    the few collectives the loop needs. The device comes from helpers.devices.resolve_device
+    (indexed: cuda:LOCAL_RANK); a device that cannot be used raises DeviceError."""
 
     def __init__(self, device="auto"):
         self.ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.device = resolve_device(device, ddp=self.ddp)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         if self.ddp and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu"
-                                    else "gloo")
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.rank = dist.get_rank() if self.ddp else 0
         self.world = dist.get_world_size() if self.ddp else 1
         self.master = self.rank == 0
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and self.ddp:
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        if device.startswith("cuda"):
-            torch.cuda.set_device(torch.device(device))
-        self.device = torch.device(device)
 
     def any(self, flag):
         """True on every rank if it is true on any (ranks must leave the loop together)."""
@@ -400,12 +397,14 @@ class Distributed:
         dist.all_reduce(t)
         return t.item() > 0
 
-    def all(self, flag):
+    def any_on_device(self, flag):
+        """A device bool, true on every rank where it is true on any: a collective on the
+        device, with no host read (the training step agrees on skipping an update this way)."""
         if not self.ddp:
-            return bool(flag)
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return t.item() > 0
+            return flag
+        t = flag.float()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t > 0
 
     def from_master(self, value):
         """Rank 0's float on every rank: decisions that depend on a clock are taken once."""
@@ -435,36 +434,79 @@ class Distributed:
 
 
 # ===================================================================== the levers, built
+class EMA:
+    """Exponential moving average of a model's weights, kept on the model's device with no
+    host reads (as EDM's training loop does): update n (n = 0, 1, ...) copies the weights when
+    n = 0 and otherwise moves the average by (1 - d) of the way to them, with the warm-up
+    d = min(decay, (1 + n) / (10 + n)), computed from n on the host. `keep` (a device 0-d
+    float, 1 or 0) masks an update the training step skipped. state_dict() has the layout of
+    torch.optim.swa_utils.AveragedModel ("module." + name, and n_averaged), which checkpoints
+    written before this class also hold."""
+
+    def __init__(self, model, decay):
+        self.module = copy.deepcopy(model)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.n = float(decay), 0
+
+    @torch.no_grad()
+    def update(self, model, keep=None):
+        avg, new = list(self.module.parameters()), [p.detach() for p in model.parameters()]
+        if self.n == 0:
+            torch._foreach_copy_(avg, new)
+        else:
+            d = min(self.decay, (1 + self.n) / (10 + self.n))
+            step = torch._foreach_sub(new, avg)  # avg + (p - avg) (1 - d), term by term
+            torch._foreach_mul_(step, 1 - d)
+            if keep is not None:
+                torch._foreach_mul_(step, keep)
+            torch._foreach_add_(avg, step)
+        self.n += 1
+
+    def state_dict(self):
+        return {**{f"module.{k}": v for k, v in self.module.state_dict().items()},
+                "n_averaged": torch.tensor(self.n)}
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(ema_weights(state))
+        self.n = int(state["n_averaged"])  # a checkpoint's tensors are on the CPU
+
+
 class Parts:
     """Everything a config builds: representation, diffusion, network (and its DDP/compiled
-    form for training), EMA, loss, optimiser and scaler."""
+    form for training), EMA, loss, optimiser and scaler, all on env.device."""
 
     def __init__(self, cfg, env, representation=None):
-        self.rep = representation if representation is not None else make_representation(cfg)
+        rep = representation if representation is not None else make_representation(cfg)
+        self.rep = rep.to(env.device)  # the normalisation statistics, on the device once
         self.diffusion = make_process(cfg, self.rep)
-        model = build_network(cfg, self.rep).to(env.device)
-        if cfg["channels_last"]:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        decay = float(cfg["ema_decay"])
-
-        def ema_fn(avg, p, n):  # EMA with warm-up: early weights are forgotten quickly
-            d = min(decay, (1 + float(n)) / (10 + float(n)))
-            return avg + (p - avg) * (1 - d)
-
-        self.ema = AveragedModel(model, avg_fn=ema_fn, use_buffers=True)
-        self.net = model
-        if env.ddp:
+        fmt = torch.channels_last if cfg["channels_last"] else torch.preserve_format
+        self.model = build_network(cfg, self.rep).to(env.device, memory_format=fmt)
+        self.ema = EMA(self.model, cfg["ema_decay"])
+        self.net = self.model
+        if env.ddp:  # no buffers to broadcast: GroupNorm keeps no running statistics and the
+            # representation's are constants
             self.net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+                self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                broadcast_buffers=False)
         if cfg["compile"]:
             self.net = torch.compile(self.net)
         self.loss = make_loss(cfg, self.diffusion, self.rep)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"],
-                                     weight_decay=cfg["weight_decay"], betas=(0.9, 0.99))
+        # fused: one kernel for all tensors, and it takes `found_inf`, which skips a step with
+        # a non-finite gradient on the device (TrainStep) instead of a host check every step
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"],
+                                     weight_decay=cfg["weight_decay"], betas=(0.9, 0.99),
+                                     fused=True)
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["amp"])
         self.amp_dtype = amp if env.device.type == "cuda" else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+
+    def load_optimizer(self, state):
+        """The optimiser state of a checkpoint (its tensors move to the parameters' device);
+        the step stays fused whatever the checkpoint's optimiser was."""
+        self.opt.load_state_dict(state)
+        for group in self.opt.param_groups:
+            group.update(fused=True, foreach=None)
 
 
 class LRPlan:
@@ -522,7 +564,12 @@ class LRPlan:
 
 class TrainStep:
     """One optimiser step of training: grad_accum micro-batches through the loss, gradient
-    clipping, AdamW, EMA. bench.py times exactly this."""
+    clipping, AdamW, EMA. bench.py times exactly this.
+
+    Nothing is read back to the host: the loss and the gradient norm stay device tensors (the
+    Trainer reads them at log points), and a step whose loss or gradient is not finite is
+    skipped on the device (the fused AdamW's found_inf, the EMA's mask), agreed on by all ranks
+    through a device collective."""
 
     def __init__(self, cfg, parts, env):
         self.parts, self.env = parts, env
@@ -532,15 +579,19 @@ class TrainStep:
     def _to_device(self, batch):
         out = {}
         for k, v in batch.items():
+            if k == "position":  # host integers: the per-sample seeds are made from them
+                out[k] = v
+                continue
             v = v.to(self.env.device, non_blocking=True)
             if self.channels_last and v.dim() == 4:
                 v = v.contiguous(memory_format=torch.channels_last)
             out[k] = v
         return out
 
-    def __call__(self, stream, generator):
-        """Returns (loss, gradient norm, images), or (None, None, images) when the loss or the
-        gradient was not finite (the step is skipped on every rank)."""
+    def __call__(self, stream):
+        """-> (loss, gradient norm, skipped, images): the loss (the mean over the step's
+        samples), the gradient norm before clipping and whether the update was skipped are
+        device tensors; images is the number of samples over all ranks."""
         p, env = self.parts, self.env
         p.net.train()
         total, n_imgs = 0.0, 0
@@ -550,22 +601,54 @@ class TrainStep:
             ctx = p.net.no_sync() if (env.ddp and not sync) else contextlib.nullcontext()
             with ctx, torch.autocast(env.device.type, dtype=p.amp_dtype,
                                      enabled=p.amp_dtype is not None):
-                loss = p.loss(p.net, batch, generator).mean() / self.grad_accum
+                loss = p.loss(p.net, batch).mean() / self.grad_accum
             p.scaler.scale(loss).backward()
-            total += loss.item()
+            total = total + loss.detach().float()
             n_imgs += batch["target"].shape[0] * env.world
         p.scaler.unscale_(p.opt)
         gnorm = torch.nn.utils.clip_grad_norm_(p.model.parameters(), self.grad_clip)
-        finite = env.all(math.isfinite(total) and torch.isfinite(gnorm).item())
-        if not finite:  # every rank agrees to skip, else the weights would diverge
-            p.opt.zero_grad(set_to_none=True)
-            p.scaler.update()
-            return None, None, n_imgs
-        p.scaler.step(p.opt)
+        # every rank agrees to skip, else the weights would diverge
+        skipped = env.any_on_device(~(torch.isfinite(total) & torch.isfinite(gnorm)))
+        p.opt.found_inf = skipped.float()  # fused AdamW leaves weights and moments as they were
+        try:
+            p.opt.step()
+        finally:
+            del p.opt.found_inf
         p.scaler.update()
         p.opt.zero_grad(set_to_none=True)
-        p.ema.update_parameters(p.model)
-        return total, gnorm.item(), n_imgs
+        p.ema.update(p.model, keep=(~skipped).float())
+        return total, gnorm, skipped, n_imgs
+
+
+class StepStats:
+    """What the steps between two log points did, accumulated on the device and read once, at
+    the log point (the training loop's only host read between log points)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.reset()
+        self.run = torch.zeros((), device=device)  # skipped steps in a row, across log points
+
+    def reset(self):
+        self.loss = self.gnorm = self.good = self.skipped = torch.zeros((), device=self.device)
+
+    def add(self, loss, gnorm, skipped):
+        good = (~skipped).float()
+        # where(): a skipped step's NaN must not poison the sums
+        self.loss = self.loss + torch.where(skipped, 0.0, loss)
+        self.gnorm = self.gnorm + torch.where(skipped, 0.0, gnorm.float())
+        self.good, self.skipped = self.good + good, self.skipped + (1 - good)
+        self.run = (self.run + 1) * (1 - good)
+
+    def read(self):
+        """-> (mean loss, mean gradient norm) of the good steps (None if there were none),
+        skipped steps, skipped steps in a row up to now; then starts a new interval."""
+        loss, gnorm, good, skipped, run = torch.stack(
+            [self.loss, self.gnorm, self.good, self.skipped, self.run]).tolist()
+        self.reset()
+        if not good:
+            return None, None, int(skipped), int(run)
+        return loss / good, gnorm / good, int(skipped), int(run)
 
 
 # ===================================================================== logs and RNG state
@@ -635,9 +718,45 @@ def find_resume(cfg, run_dir):
 
 
 # ===================================================================== the loop
+class RunClock:
+    """Training seconds of the run, the same on every rank (the learning-rate plan and the
+    budget read it). One process reads its own clock at every step. Under DDP rank 0's clock is
+    broadcast only at check points (every `every` steps) and extrapolated in between at the
+    pace measured over the last interval, so every rank computes the same value without a
+    collective and a host read at every step."""
+
+    def __init__(self, env, before=0.0, every=25):
+        self.env, self.before, self.every = env, float(before), max(1, int(every))
+        self.start(0)
+
+    def start(self, step):
+        self.t0, self.anchor, self.pace, self.next = time.time(), (step, self.before), 0.0, step
+
+    def local(self):
+        """This rank's own clock."""
+        return self.before + time.time() - self.t0
+
+    def __call__(self, step):
+        if not self.env.ddp:
+            return self.local()
+        s0, e0 = self.anchor
+        if step >= self.next:
+            now = self.env.from_master(self.local())
+            if step > s0:
+                self.pace = (now - e0) / (step - s0)
+            self.anchor, self.next = (step, now), step + self.every
+            return now
+        return e0 + (step - s0) * self.pace
+
+
 class Trainer:
     """The training loop: steps, stops, logs, checkpoints and validations. It sees the levers
-    only through Parts (the network, the loss, the optimiser) and the validate callable."""
+    only through Parts (the network, the loss, the optimiser) and the validate callable.
+
+    Between log points the loop reads nothing back from the device: the step's loss, gradient
+    norm and skip flag accumulate there (StepStats) and are read at the log point, where a run
+    of max_bad_steps skipped steps stops the run. Under DDP the ranks agree on the clock and on
+    a stop request at check points (every log_every steps)."""
 
     def __init__(self, cfg, env, parts, validate=None, log=None):
         self.cfg, self.env, self.parts, self.validate_fn = cfg, env, parts, validate
@@ -647,17 +766,18 @@ class Trainer:
         self.step_fn = TrainStep(cfg, parts, env)
         self.plan = LRPlan(cfg["lr"], cfg["warmup_steps"], cfg["lr_min_ratio"],
                            cfg["max_steps"], cfg["minutes"])
-        self.step, self.bad_steps, self.elapsed_before = 0, 0, 0.0
+        self.step = 0
+        self.clock = RunClock(env, 0.0, cfg["log_every"])
         self.stop_signal = False
-        self.t_start = time.time()
         path = find_resume(cfg, self.run_dir)
         if cfg["resume"] and path is None:
             self.say(f"no checkpoint in {self.run_dir}: starting from scratch")
-        if path is not None:
-            self._restore(load_checkpoint(path, map_location=env.device), path)
+        if path is not None:  # to the CPU first: the RNG states must stay there
+            self._restore(load_checkpoint(path, map_location="cpu"), path)
         self.log = RunLog(self.run_dir, env.master, self.say)
 
     def _restore(self, ckpt, path):
+        """Weights, EMA, optimiser and scaler onto the device; RNG states stay on the CPU."""
         p = self.parts
         if ckpt["model_config"] != p.model.config or \
                 ckpt["config"]["representation"] != self.cfg["representation"]:
@@ -666,24 +786,20 @@ class Trainer:
                                   "config's; resume with the run's own config.json")
         p.model.load_state_dict(ckpt["model"])
         p.ema.load_state_dict(ckpt["ema"])
-        p.opt.load_state_dict(ckpt["optimizer"])
+        p.load_optimizer(ckpt["optimizer"])
         p.scaler.load_state_dict(ckpt["scaler"])
         self.step = ckpt["step"]
-        self.elapsed_before = ckpt.get("elapsed", 0.0)
+        self.clock = RunClock(self.env, ckpt.get("elapsed", 0.0), self.cfg["log_every"])
         if ckpt.get("rng") and self.env.world == ckpt.get("world", 1):
             set_rng_state(ckpt["rng"][min(self.env.rank, len(ckpt["rng"]) - 1)])
         self.say(f"resumed from {path} at step {self.step}")
 
     # ------------------------------------------------------------------ state
-    def elapsed(self):
-        """Training seconds of this run, rank 0's clock on every rank."""
-        return self.env.from_master(self.elapsed_before + time.time() - self.t_start)
-
     def save(self):
         """Write a checkpoint (rank 0), after checking that every rank holds the same weights."""
         self.check_sync()
         rngs = self.env.gather_object(rng_state())
-        elapsed = self.elapsed()
+        elapsed = self.clock(self.step)
         if not self.env.master:
             return
         p = self.parts
@@ -710,15 +826,14 @@ class Trainer:
                                  f"({len(set(digests))} digests); the run is stopped. Report it "
                                  "with the run's log.jsonl")
 
-    def _generator(self):
-        # the noise of step s on rank r depends on (seed, s, r) alone, so a resumed run draws
-        # exactly what the uninterrupted one would have drawn
-        g = torch.Generator(device=self.env.device)
-        g.manual_seed(hash_seed(self.cfg["seed"], self.step, self.env.rank))
-        return g
-
     def _on_signal(self, signum, frame):
         self.stop_signal = True
+
+    def _stop_requested(self):
+        """A STOP file or a signal on any rank (under DDP asked at check points only)."""
+        if self.env.ddp and self.step % self.clock.every:
+            return False
+        return self.env.any(self.stop_signal or self.stop_file.exists())
 
     # ------------------------------------------------------------------ the loop
     def train(self):
@@ -728,16 +843,17 @@ class Trainer:
                 signal.signal(s, self._on_signal)
             except (ValueError, AttributeError):  # not the main thread / no such signal
                 pass
-        self.t_start = time.time()
+        self.clock.start(self.step)
         stream = iter(get_data(cfg, self.parts.rep, train=True,
                                start=self.step * cfg["grad_accum"], seed=cfg["seed"]))
         bar = self._bar()
         points = int(cfg["eval_points"])
-        done_points = int(self.plan.progress(self.step, self.elapsed_before) * points)
+        done_points = int(self.plan.progress(self.step, self.clock.before) * points)
+        stats = StepStats(env.device)
         t_last, imgs_since, exit_code = time.time(), 0, 0
         try:
             while True:
-                elapsed = self.elapsed()
+                elapsed = self.clock(self.step)
                 progress = self.plan.progress(self.step, elapsed)
                 self._show(bar, progress, elapsed)
                 if points and int(progress * points) > done_points and done_points < points:
@@ -748,36 +864,19 @@ class Trainer:
                 if cfg["minutes"] and elapsed >= 60 * cfg["minutes"]:
                     self.say(f"time budget of {cfg['minutes']} min reached at step {self.step}")
                     break
-                if env.any(self.stop_signal or self.stop_file.exists()):
+                if self._stop_requested():
                     self.say(f"stop requested at step {self.step}: checkpointing; continue with "
                              "--resume")
                     exit_code = EXIT_STOPPED  # stopped early (pre-emption): no final evaluation
                     break
                 lr = self.plan.apply(self.parts.opt, self.step, elapsed)
-                loss, gnorm, n_imgs = self.step_fn(stream, self._generator())
-                if loss is None:
-                    self.bad_steps += 1
-                    self.say(f"step {self.step}: non-finite loss or gradient, step skipped "
-                             f"({self.bad_steps} in a row)")
-                    self.log.write({"step": self.step, "skipped": True})
-                    if self.bad_steps >= cfg["max_bad_steps"]:
-                        self.say(f"error: {self.bad_steps} non-finite steps in a row; stopping. "
-                                 f"The last good checkpoint is kept in {self.run_dir}; lower "
-                                 "--lr or check the statistics.")
-                        return EXIT_NON_FINITE
-                    continue
-                self.bad_steps = 0
+                loss, gnorm, skipped, n_imgs = self.step_fn(stream)
+                stats.add(loss, gnorm, skipped)
                 self.step += 1
                 imgs_since += n_imgs
                 if self.step % cfg["log_every"] == 0 or self.step == 1:
-                    dt = time.time() - t_last
-                    rec = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
-                           "img_per_s": imgs_since / max(dt, 1e-9),
-                           "elapsed_s": round(self.elapsed_before + time.time() - self.t_start,
-                                              1)}
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}",
-                                    img_s=f"{rec['img_per_s']:.1f}", refresh=False)
-                    self.log.write(rec)
+                    if self._log_point(stats, bar, lr, time.time() - t_last, imgs_since):
+                        return EXIT_NON_FINITE
                     t_last, imgs_since = time.time(), 0
                 if cfg["ckpt_every"] and self.step % cfg["ckpt_every"] == 0:
                     self.save()
@@ -788,6 +887,28 @@ class Trainer:
             bar.close()
             self.log.close()
         return exit_code
+
+    def _log_point(self, stats, bar, lr, seconds, images):
+        """Read the steps since the last log point (one host read), log them; True when the
+        skipped steps in a row reached max_bad_steps (the run stops)."""
+        loss, gnorm, skipped, run = stats.read()
+        if skipped:
+            self.say(f"step {self.step}: {skipped} step(s) since the last log line had a "
+                     f"non-finite loss or gradient and were skipped ({run} in a row now)")
+            self.log.write({"step": self.step, "skipped": skipped, "skipped_in_a_row": run})
+        if run >= self.cfg["max_bad_steps"]:
+            self.say(f"error: {run} non-finite steps in a row; stopping. The weights are those "
+                     f"of the last good step and the last checkpoint is kept in "
+                     f"{self.run_dir}; lower --lr or check the statistics.")
+            return True
+        if loss is not None:
+            rec = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                   "img_per_s": images / max(seconds, 1e-9),
+                   "elapsed_s": round(self.clock.local(), 1)}
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}",
+                            img_s=f"{rec['img_per_s']:.1f}", refresh=False)
+            self.log.write(rec)
+        return False
 
     def _bar(self):
         """A progress bar of the run: of its budget (minutes and/or max_steps: per mille of the
@@ -941,7 +1062,11 @@ def main(argv=None):
     if dry_run:
         print(json.dumps(planned_paths(cfg), indent=1))
         return 0
-    env = Distributed(cfg["device"])
+    try:
+        env = Distributed(cfg["device"])
+    except DeviceError as e:  # e.g. --device cuda on a machine without a GPU: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     code = 1
     try:
         code = run(cfg, env)

@@ -29,7 +29,8 @@ from checkpoint import CheckpointError, export_checkpoint, load_derainer, newest
 from helpers.images import is_image_file, natural_key
 from helpers.metrics import index_by_stem
 from helpers.statistics import read_pairs
-from sampling import Item, assign_names, derain_items, pick_device, sampler_text
+from helpers.devices import DeviceError, resolve_device
+from sampling import Item, assign_names, derain_items, sampler_text
 
 
 def expand_inputs(paths):
@@ -223,9 +224,10 @@ def main(argv=None):
                 "target); give --eval TARGET_DIR")
 
     try:
-        device = pick_device(a.device)
-    except (ValueError, RuntimeError) as e:
-        p.error(str(e))
+        device = resolve_device(a.device)
+    except DeviceError as e:  # e.g. --device cuda without a GPU: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         derainer, cfg = load_derainer(
             a.ckpt, device=device, ema=not a.no_ema, sampler=a.sampler, sample_steps=a.steps,

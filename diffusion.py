@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from helpers.seeding import batch_generator
+
 PREDICTIONS = ("eps", "x0", "v")
 SCHEDULES = ("cosine", "linear")
 
@@ -64,12 +66,21 @@ class Diffusion:
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # abar_t for t = 0..T-1
         self.exponent = None if exponent is None else torch.as_tensor(exponent, dtype=torch.float64)
+        self._on_device = {}  # device -> (abar, exponent) there: copied once, not every step
+
+    def _tables(self, device):
+        if device not in self._on_device:
+            self._on_device[device] = (
+                self.alphas_cumprod.to(device),
+                None if self.exponent is None else self.exponent.to(device))
+        return self._on_device[device]
 
     def _abar(self, t, like):
-        a = self.alphas_cumprod.to(like.device)[t].to(like.dtype)
+        abar, exponent = self._tables(like.device)
+        a = abar[t].to(like.dtype)
         a = a.view(-1, *([1] * (like.dim() - 1)))
-        if self.exponent is not None:  # per coefficient: (B, 1, ..) ** (.., h, w)
-            a = a ** self.exponent.to(like.device, like.dtype)
+        if exponent is not None:  # per coefficient: (B, 1, ..) ** (.., h, w)
+            a = a ** exponent.to(like.dtype)
         return a
 
     def q_sample(self, x0, t, noise):
@@ -183,10 +194,7 @@ class Bridge(_PredictsX0):
     def draw(self, x0, generator=None):
         t, noise = draw_t_and_noise(x0, self.timesteps, generator)
         if self.end > 0:  # drawn after (t, noise), so end = 0 draws exactly what it always did
-            if isinstance(generator, (list, tuple)):
-                u = torch.cat([torch.rand(1, generator=g, device=x0.device) for g in generator])
-            else:
-                u = torch.rand(x0.shape[0], generator=generator, device=x0.device)
+            u = batch_generator(generator, x0.shape[0], x0.device).rand()
             t = torch.where(u < self.end, torch.full_like(t, self.timesteps - 1), t)
         return t, noise
 
@@ -214,7 +222,7 @@ class Bridge(_PredictsX0):
             eps = torch.where(sig > 0, (x - (1 - s) * x0 - s * start) / sig.clamp(min=1e-12),
                               torch.zeros_like(x))
             if eta > 0:
-                fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                fresh = _randn_like(generator, x)
                 eps = (1 - eta ** 2) ** 0.5 * eps + eta * fresh
             x = (1 - s_next) * x0 + s_next * start + sig_next * eps
         return x
@@ -245,16 +253,16 @@ PROCESSES = ("diffusion", "bridge", "regression")
 
 
 def draw_t_and_noise(x0, timesteps, generator=None):
-    """(t, noise) for a training batch: from one generator, or one generator per sample (then a
-    sample's draws do not depend on the batch it is in)."""
-    if isinstance(generator, (list, tuple)):
-        t = torch.cat([torch.randint(0, timesteps, (1,), generator=g, device=x0.device)
-                       for g in generator])
-        noise = torch.stack([torch.randn(x0.shape[1:], generator=g, device=x0.device)
-                             for g in generator])
-        return t, noise
-    t = torch.randint(0, timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-    return t, torch.randn(x0.shape, generator=generator, device=x0.device)
+    """(t, noise) for a training batch, t first: from a torch.Generator (or None) for the whole
+    batch, or from helpers.seeding.SampleGenerators, one stream per sample (then a sample's
+    draws do not depend on the batch it is in)."""
+    noise = batch_generator(generator, x0.shape[0], x0.device)
+    return noise.randint(timesteps), noise.randn(x0.shape[1:])
+
+
+def _randn_like(generator, x):
+    """Noise shaped like the batch x from `generator` (one for the batch, per sample, or None)."""
+    return batch_generator(generator, x.shape[0], x.device).randn(x.shape[1:], dtype=x.dtype)
 
 
 def frequency_exponent(representation, strength):
@@ -308,10 +316,13 @@ def _bounded(x0, clip, hook, t_now):
 
 
 def _timesteps(diffusion, steps):
-    """`steps` timesteps evenly spaced over [0, T-1], descending, always ending at 0."""
-    steps = max(1, min(int(steps), diffusion.timesteps))
-    ts = torch.linspace(diffusion.timesteps - 1, 0, steps).round().long()
-    return torch.unique_consecutive(ts).tolist()
+    """`steps` timesteps evenly spaced over [0, T-1], descending, always ending at 0: host
+    integers (round half to even), computed without a tensor."""
+    last, steps = diffusion.timesteps - 1, max(1, min(int(steps), diffusion.timesteps))
+    if steps == 1:
+        return [last]
+    ts = [round(last * (steps - 1 - i) / (steps - 1)) for i in range(steps)]
+    return [t for i, t in enumerate(ts) if i == 0 or t != ts[i - 1]]
 
 
 @torch.no_grad()
@@ -336,8 +347,9 @@ def ddim_sample(model, cond, diffusion, steps=20, eta=0.0, guidance=1.0, generat
         a_now = diffusion._abar(t, x)
         a_next = diffusion._abar(torch.full_like(t, ts[i + 1]), x)
         sigma = eta * ((1 - a_next) / (1 - a_now) * (1 - a_now / a_next)).clamp(min=0).sqrt()
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = a_next.sqrt() * x0 + (1 - a_next - sigma ** 2).clamp(min=0).sqrt() * eps + sigma * noise
+        x = a_next.sqrt() * x0 + (1 - a_next - sigma ** 2).clamp(min=0).sqrt() * eps
+        if eta > 0:  # eta = 0 draws nothing: deterministic given x_T
+            x = x + sigma * _randn_like(generator, x)
     return x
 
 
@@ -361,7 +373,7 @@ def ddpm_sample(model, cond, diffusion, steps=None, guidance=1.0, generator=None
         mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + ((a_t / a_prev).sqrt() * (1 - a_prev)
                                                            / (1 - a_t)) * x
         var = beta * (1 - a_prev) / (1 - a_t)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = _randn_like(generator, x)
         x = mean + var.sqrt() * noise
     return x
 
@@ -369,7 +381,7 @@ def ddpm_sample(model, cond, diffusion, steps=None, guidance=1.0, generator=None
 def _initial(cond, generator, x_T):
     if x_T is not None:
         return x_T.to(device=cond.device, dtype=cond.dtype)
-    return torch.randn(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
+    return _randn_like(generator, cond)
 
 
 def sample(model, cond, process, sampler="ddim", steps=20, eta=0.0, guidance=1.0,

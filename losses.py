@@ -20,7 +20,7 @@ so a loss can decode the network's x0 estimate and measure it in image space.
 """
 import torch
 
-from helpers.seeding import hash_seed
+from helpers.seeding import SampleGenerators, batch_generator, hash_seed
 
 # The image loss is expressed in units of an RMS error of 0.1 (20 dB PSNR), so that its values
 # are of the order of the model-space loss (gradient clipping and Adam's epsilon see similar
@@ -30,14 +30,11 @@ IMAGE_UNIT = 0.1
 
 def drop_condition(cond, p_uncond, generator):
     """With p_uncond > 0, replace the condition of that fraction of the batch by zeros: the
-    unconditional model that classifier-free guidance needs. generator: one, or one per
-    sample."""
+    unconditional model that classifier-free guidance needs. generator: one for the batch, or
+    per-sample (helpers.seeding)."""
     if p_uncond <= 0:
         return cond
-    if isinstance(generator, (list, tuple)):
-        u = torch.cat([torch.rand(1, generator=g, device=cond.device) for g in generator])
-    else:
-        u = torch.rand(cond.shape[0], generator=generator, device=cond.device)
+    u = batch_generator(generator, cond.shape[0], cond.device).rand()
     keep = u >= p_uncond
     return cond * keep.view(-1, *([1] * (cond.dim() - 1))).to(cond.dtype)
 
@@ -53,16 +50,19 @@ class DiffusionLoss:
         self.seed = int(seed)
 
     def generators(self, batch, generator=None):
-        """One generator per sample, seeded by (seed, the sample's position in the run's
-        stream), when the batch says where its samples are; else `generator`. Per-sample
-        draws make a sample's noise independent of how the job is split into ranks and
-        micro-batches."""
+        """One generator per sample on the batch's device, seeded by (seed, the sample's
+        position in the run's stream), when the batch says where its samples are; else
+        `generator`. Per-sample draws make a sample's noise independent of how the job is split
+        into ranks and micro-batches. The positions stay on the host (TrainStep does not move
+        them), so reading them costs no device sync."""
         pos = batch.get("position")
-        if pos is None or bool((pos < 0).any()):
+        if pos is None:
             return generator
-        device = batch["target"].device
-        return [torch.Generator(device=device).manual_seed(hash_seed("noise", self.seed, int(p)))
-                for p in pos]
+        positions = pos.tolist()  # a host tensor: no device read
+        if min(positions) < 0:  # windows from outside the training stream
+            return generator
+        return SampleGenerators([hash_seed("noise", self.seed, p) for p in positions],
+                                batch["target"].device)
 
     def __call__(self, net, batch, generator=None):
         x0, cond = batch["target"], batch["cond"]

@@ -354,13 +354,13 @@ def main(argv=None):
         import torch
 
         from checkpoint import CheckpointError, load_derainer
-        from sampling import pick_device
+        from helpers.devices import DeviceError, resolve_device
         if args.threads:
             torch.set_num_threads(args.threads)
         try:
-            derainer, _ = load_derainer(args.ckpt, device=pick_device(args.device),
+            derainer, _ = load_derainer(args.ckpt, device=resolve_device(args.device),
                                         sample_steps=args.steps, sample_batch=args.batch_size)
-        except CheckpointError as e:
+        except (CheckpointError, DeviceError) as e:
             print(f"error: {e}; checkpoint figures skipped", flush=True)
             failed = True
             derainer = None

@@ -9,8 +9,9 @@ a list of inputs. Training validation, derain.py, bench_sampling.py and make_fig
 A spectrum's meaning depends on the size of the window it was computed on, so an image is cut into
 overlapping windows of the training crop (`window_starts`, the same tiling the statistics use),
 each window is derained (batched), and the windows are blended back in image space with a smooth
-weight, which leaves no seams. Beyond the image itself (a float64 output and weight map, about 4x
-the image as float64: ~1.2 GB for 4000x3000), memory grows with the batch of windows only.
+weight, which leaves no seams. All of it runs on the model's device in float32; beyond the image
+itself (input, output and weight map: about 3x the image as float32, ~0.4 GB for 4000x3000),
+memory grows with the batch of windows only.
 """
 import math
 import time
@@ -22,7 +23,7 @@ import torch
 from diffusion import sample
 from helpers.images import (ImageError, output_names, read_picture, read_rgb, to_uint8,
                             write_picture)
-from helpers.seeding import hash_seed
+from helpers.seeding import SampleGenerators, hash_seed
 
 OVERLAP = 0.5  # fraction of a window shared with its neighbour when deraining
 # The sampling settings a checkpoint's config holds (defaults in ddpm_conditional.launch()).
@@ -75,15 +76,6 @@ def image_seed(seed, index):
 
 
 # ===================================================================== one image
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def sample_settings(cfg, **overrides):
     """The sampling settings of a config (a checkpoint's or launch()'s), with flags that are not
     None overriding them."""
@@ -113,114 +105,140 @@ def sampler_text(process, s):
     return f"{s['sampler']}, {steps_text(s['sample_steps'])}, eta {s['eta']}"
 
 
+def window_seed_base(seed):
+    """The base of an image's window seeds: host arithmetic on the image's seed alone."""
+    return hash_seed("windows", int(seed))
+
+
 class Derainer:
     """A trained network with everything deraining needs: the representation (encode the rainy
-    windows, decode the generated targets), the diffusion and the sampling settings."""
+    windows, decode the generated targets), the diffusion and the sampling settings.
+
+    Everything from window extraction to blending runs on `device` in float32 (the network in
+    its own dtype): the image is copied there once, and only the finished image comes back."""
 
     def __init__(self, model, representation, diffusion, settings, device="cpu", name=""):
-        self.model, self.rep, self.diffusion = model, representation, diffusion
-        self.settings, self.device, self.name = dict(settings), torch.device(device), name
+        self.device = torch.device(device)
+        self.model, self.diffusion = model, diffusion
+        self.rep = representation.to(self.device)  # its normalisation, on the device once
+        self.settings, self.name = dict(settings), name
+        self._weight = None
 
     def describe(self):
         s = self.settings
         return (f"{self.name}: {self.rep.name}, {sampler_text(self.diffusion.name, s)}, "
                 f"guidance {s['guidance']}, clip_x0 {s['clip_x0']}, ensemble {s['ensemble']}")
 
+    def window_weight(self):
+        """window_weight(crop) on the device, float32 (made once)."""
+        if self._weight is None:
+            self._weight = torch.from_numpy(window_weight(self.rep.crop)).float().to(self.device)
+        return self._weight
+
+    def derain(self, rain, seed=0, progress=None):
+        """Derain one image: float (3, H, W) in [0, 1] -> float32 numpy (3, H, W), not clipped
+        (derain_on_device, then the one copy back to the host)."""
+        return self.derain_on_device(rain, seed, progress).cpu().numpy()
+
     @torch.no_grad()
-    def derain(self, rain, generator=None, progress=None):
-        """Derain one image: float (3, H, W) in [0, 1] -> float64 (3, H, W), not clipped.
+    def derain_on_device(self, rain, seed=0, progress=None):
+        """Derain one image: float (3, H, W) in [0, 1] -> float32 (3, H, W) on the device, not
+        clipped; the image is copied there once.
 
         Windows are derained in batches of settings['sample_batch']; settings['ensemble']
         samples per window are averaged in image space (the mean derained image). With
         settings['coupled'], all windows of the image are sampled together and at every step
         their x0 estimates are blended in image space and re-encoded, so that neighbouring
-        windows agree (on their low frequencies above all) before the next step."""
+        windows agree (on their low frequencies above all) before the next step. Window k's
+        noise (its initial state and every step's) comes from its own generator seeded by
+        (the image's seed, k), so the result does not depend on how windows are batched."""
         s, crop = self.settings, self.rep.crop
         _, h0, w0 = rain.shape
-        rain = pad_to(np.asarray(rain, np.float64), crop)
-        boxes = window_boxes(rain.shape[1], rain.shape[2], crop, OVERLAP)
-        # each window's initial noise comes from its own seed, so with DDIM (eta = 0) the result
-        # does not depend on how the windows are batched
-        base = int(torch.randint(0, 2 ** 62, (1,), generator=generator,
-                                 device=generator.device if generator is not None else "cpu"))
+        padded = pad_to(np.asarray(rain, np.float32), crop)  # on the host: numpy's reflection
+        image = torch.from_numpy(np.ascontiguousarray(padded)).to(self.device)  # (3, H, W)
+        boxes = window_boxes(image.shape[1], image.shape[2], crop, OVERLAP)
+        base = window_seed_base(seed)
         was_training = self.model.training
         self.model.eval()
         try:
             if s.get("coupled"):
-                out = np.zeros_like(rain)
+                out = torch.zeros_like(image)
                 for k in range(s["ensemble"]):
-                    out += self._coupled(rain, boxes, base + k * len(boxes), generator, progress)
+                    out += self._coupled(image, boxes, base + k * len(boxes), progress)
                 out /= s["ensemble"]
             else:
-                out = self._independent(rain, boxes, base, generator, progress)
+                out = self._independent(image, boxes, base, progress)
         finally:
             self.model.train(was_training)
         return out[:, :h0, :w0]
 
-    def _sample(self, model, windows, seeds, generator, hook=None):
-        """Sample the generated targets of a stack of rainy windows (B, 3, crop, crop)."""
+    def _sample(self, model, windows, seeds, hook=None):
+        """Sample the generated targets of a stack of rainy windows (B, 3, crop, crop) on the
+        device; window i draws from the generator of seeds[i]."""
         s, rep = self.settings, self.rep
         dtype = next(self.model.parameters()).dtype
         _, cond = rep.encode(None, windows)  # (B, C, h', w')
-        cond = torch.from_numpy(np.ascontiguousarray(cond)).to(self.device, dtype)
-        x_T = torch.stack([torch.randn(cond.shape[1:], dtype=dtype, generator=torch.Generator()
-                                       .manual_seed(hash_seed("window", k))) for k in seeds])
-        start = None
-        if getattr(self.diffusion, "needs_start", False):
-            start = torch.from_numpy(np.ascontiguousarray(rep.encode(windows, windows)[0]))
-            start = start.to(self.device, dtype)
-        return sample(model, cond, self.diffusion, s["sampler"], s["sample_steps"], s["eta"],
-                      s["guidance"], generator, s["clip_x0"] or None, x_T=x_T, start=start,
+        start = rep.encode(windows, windows)[0].to(dtype) \
+            if getattr(self.diffusion, "needs_start", False) else None
+        noise = SampleGenerators([hash_seed("window", k) for k in seeds], self.device)
+        return sample(model, cond.to(dtype), self.diffusion, s["sampler"], s["sample_steps"],
+                      s["eta"], s["guidance"], noise, s["clip_x0"] or None, start=start,
                       hook=hook)
 
-    def _independent(self, rain, boxes, base, generator, progress):
-        s, crop = self.settings, self.rep.crop
-        jobs = [box for box in boxes for _ in range(s["ensemble"])]
-        weight = window_weight(crop)
-        out, norm = np.zeros_like(rain), np.zeros(rain.shape[1:])
-        for i in range(0, len(jobs), s["sample_batch"]):
-            chunk = jobs[i:i + s["sample_batch"]]
-            windows = np.stack([rain[:, y:y + crop, x:x + crop] for y, x in chunk])
-            gen = self._sample(self.model, windows, [(base, i + k) for k in range(len(chunk))],
-                               generator)
-            derained = self.rep.decode(gen.double().cpu().numpy(), windows)  # (B, 3, c, c)
-            for (y, x), d in zip(chunk, derained):
-                out[:, y:y + crop, x:x + crop] += d * weight
-                norm[y:y + crop, x:x + crop] += weight
-            if progress is not None:
-                progress.update(len(chunk))
-        out /= norm  # in place: no second float64 copy of a large image
-        return out
+    def _blend(self, boxes, derained, out):
+        """Add windows (B, 3, crop, crop), weighted, into out (3, H, W)."""
+        crop, weight = self.rep.crop, self.window_weight()
+        for (y, x), d in zip(boxes, derained):
+            out[:, y:y + crop, x:x + crop] += d * weight
 
-    def _coupled(self, rain, boxes, base, generator, progress):
-        crop, rep = self.rep.crop, self.rep
-        weight = window_weight(crop)
-        windows = np.stack([rain[:, y:y + crop, x:x + crop] for y, x in boxes])
-        norm = np.zeros(rain.shape[1:])
+    def _norm(self, boxes, image):
+        """The sum of the window weights at every pixel (H, W)."""
+        crop, weight = self.rep.crop, self.window_weight()
+        norm = torch.zeros_like(image[0])
         for y, x in boxes:
             norm[y:y + crop, x:x + crop] += weight
+        return norm
+
+    def _windows(self, image, boxes):
+        crop = self.rep.crop
+        return torch.stack([image[:, y:y + crop, x:x + crop] for y, x in boxes])
+
+    def _independent(self, image, boxes, base, progress):
+        s = self.settings
+        jobs = [box for box in boxes for _ in range(s["ensemble"])]
+        out = torch.zeros_like(image)
+        for i in range(0, len(jobs), s["sample_batch"]):
+            chunk = jobs[i:i + s["sample_batch"]]
+            windows = self._windows(image, chunk)  # (B, 3, c, c)
+            gen = self._sample(self.model, windows, [(base, i + k) for k in range(len(chunk))])
+            self._blend(chunk, self.rep.decode(gen.float(), windows), out)
+            if progress is not None:
+                progress.update(len(chunk))
+        out /= self._norm(jobs, image)  # in place: no second copy of a large image
+        return out
+
+    def _coupled(self, image, boxes, base, progress):
+        rep = self.rep
+        windows = self._windows(image, boxes)
+        norm = self._norm(boxes, image)
         blended = {}
 
         def blend(x0, t):  # x0 estimates of all windows -> one image -> its windows, re-encoded
-            images = rep.decode(x0.double().cpu().numpy(), windows)
-            img = np.zeros_like(rain)
-            for (y, x), d in zip(boxes, images):
-                img[:, y:y + crop, x:x + crop] += d * weight
+            img = torch.zeros_like(image)
+            self._blend(boxes, rep.decode(x0.float(), windows), img)
             img /= norm
             blended["image"] = img
-            agreed = np.stack([img[:, y:y + crop, x:x + crop] for y, x in boxes])
-            return torch.from_numpy(rep.encode(agreed, windows)[0]).to(x0.device, x0.dtype)
+            return rep.encode(self._windows(img, boxes), windows)[0].to(x0.dtype)
 
         self._sample(_Chunked(self.model, self.settings["sample_batch"]), windows,
-                     [(base, k) for k in range(len(boxes))], generator, hook=blend)
+                     [(base, k) for k in range(len(boxes))], hook=blend)
         if progress is not None:
             progress.update(len(boxes))
         return blended["image"]
 
     def __call__(self, rain_u8, seed=0, progress=None):
         """uint8 (H, W, 3) -> derained uint8 (H, W, 3); the noise comes from `seed` alone."""
-        g = torch.Generator(device=self.device).manual_seed(int(seed))
-        pred = self.derain(rain_u8.transpose(2, 0, 1) / 255.0, g, progress)
+        pred = self.derain(rain_u8.transpose(2, 0, 1) / 255.0, seed, progress)
         return to_uint8(pred)  # rounds and clips to [0, 255]
 
 
@@ -322,9 +340,8 @@ def derain_items(derainer, items, out_dir=None, score=False, seed=0, progress=Tr
                              disable=not progress or n_win <= s["sample_batch"],
                              dynamic_ncols=True)
                 try:
-                    g = torch.Generator(device=derainer.device).manual_seed(
-                        image_seed(seed, index))
-                    pred = derainer.derain(pic.rgb.transpose(2, 0, 1), g, progress=inner)
+                    pred = derainer.derain(pic.rgb.transpose(2, 0, 1), image_seed(seed, index),
+                                           progress=inner)
                 finally:
                     inner.close()
                 if out_dir is not None:

@@ -39,9 +39,15 @@ def check_choice(value, allowed, name):
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
 
 
-class Representation:
+class Representation(torch.nn.Module):
     """The interface (see the module docstring). Subclasses set `name`, `channel_names` and the
-    transforms; `domain` names the run directory ('fft' or 'pixel')."""
+    transforms; `domain` names the run directory ('fft' or 'pixel').
+
+    A module only to hold the normalisation as buffers (target_lo, target_hi, cond_lo,
+    cond_hi; float64, not persistent: the checkpoint stores them in state()): `.to(device)` moves
+    them once, and the torch path reads them where its tensors live, never copying from the
+    host in a training step or a sampling loop. The numpy path (data loading, statistics) reads
+    the same numbers as numpy arrays (`ranges`)."""
 
     name = ""
     summary = ""  # a few words for the pipeline diagram
@@ -53,6 +59,7 @@ class Representation:
 
     def __init__(self, target="diff", norm="perfreq_std", crop=64, log=True, stats=None,
                  norm_gamma=0.5, **options):
+        super().__init__()
         check_choice(target, TARGETS, "target")
         check_choice(norm, NORMS, "norm")
         self.target, self.norm, self.crop, self.log = target, norm, int(crop), bool(log)
@@ -64,6 +71,9 @@ class Representation:
         self.ranges = None  # {"target": (lo, hi), "cond": (lo, hi)}, float64 numpy
         if self.needs_statistics and stats is not None:
             self.ranges = self._ranges(stats)
+            for role, (lo, hi) in self.ranges.items():
+                self.register_buffer(f"{role}_lo", torch.from_numpy(np.array(lo)), persistent=False)
+                self.register_buffer(f"{role}_hi", torch.from_numpy(np.array(hi)), persistent=False)
 
     @property
     def channels(self):
@@ -156,9 +166,9 @@ class Representation:
         if lo.shape[-1] > 1 and lo.shape[-2:] != tuple(like.shape[-2:]):
             raise ValueError(f"per-frequency statistics are for {lo.shape[-1]}x{lo.shape[-2]} "
                              f"coefficients, got {like.shape[-1]}x{like.shape[-2]}")
-        if torch.is_tensor(like):
-            return (torch.as_tensor(lo, dtype=like.dtype, device=like.device),
-                    torch.as_tensor(hi, dtype=like.dtype, device=like.device))
+        if torch.is_tensor(like):  # the buffers, wherever .to() put them (never a host copy)
+            return (getattr(self, f"{role}_lo").to(like.dtype),
+                    getattr(self, f"{role}_hi").to(like.dtype))
         return lo, hi
 
     # ------------------------------------------------------------ state for the checkpoint

@@ -249,10 +249,18 @@ def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
     assert Bridge(1000, end=0.25).share_at_or_above(999) == pytest.approx(0.25075)
     assert Bridge(1000, end=0.25).share_at_or_above(0) == 1.0
     # per-sample generators (the training loop's): a sample's draw does not depend on its batch
-    gens = lambda: [torch.Generator().manual_seed(i) for i in range(6)]
-    t6, _ = Bridge(1000, end=0.5).draw(x0[:6], gens())
-    t3, _ = Bridge(1000, end=0.5).draw(x0[:3], gens()[:3])
-    assert torch.equal(t6[:3], t3)
+    from helpers.seeding import SampleGenerators
+    t6, n6 = Bridge(1000, end=0.5).draw(x0[:6], SampleGenerators(range(6), "cpu"))
+    t3, n3 = Bridge(1000, end=0.5).draw(x0[:3], SampleGenerators(range(3), "cpu"))
+    assert torch.equal(t6[:3], t3) and torch.equal(n6[:3], n3)
+    # and sample i's draws are those of a generator seeded with its seed, in the order t, noise,
+    # the end's uniform draw
+    g = torch.Generator().manual_seed(4)
+    t_4 = torch.randint(0, 1000, (1,), generator=g)
+    noise_4 = torch.randn(x0.shape[1:], generator=g)
+    u_4 = torch.rand(1, generator=g)
+    assert torch.equal(n6[4], noise_4)
+    assert t6[4] == (999 if u_4 < 0.5 else t_4)
     cfg = {"process": "bridge", "timesteps": 1000, "bridge_end": 0.3}
     assert make_process(cfg).end == 0.3 and make_process({**cfg, "bridge_end": 0.0}).end == 0
     with pytest.raises(ValueError, match="bridge-end"):
