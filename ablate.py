@@ -27,7 +27,9 @@ over the seeds a variant has), its standard error over images, and how many imag
 wins.
 """
 import argparse
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import subprocess
@@ -161,10 +163,27 @@ def read_log(run_dir):
     return recs
 
 
+@contextlib.contextmanager
+def study_lock(study):
+    """Hold the study's lock file: two ablate.py processes may share a study (one per core,
+    different variants or seeds) and each rewrites results.csv, scores.csv and calibration.json
+    only under the lock, after reading them again."""
+    with open(Path(study) / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_calibration(study):
+    path = Path(study) / "calibration.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def calibrate(args, study, variant, log):
     """Seconds per optimiser step of the real training loop for this variant (cached)."""
-    path = study / "calibration.json"
-    cal = json.loads(path.read_text()) if path.exists() else {}
+    cal = read_calibration(study)
     if variant in cal:
         return cal[variant]["s_per_step"]
     a, b = CALIBRATION_STEPS
@@ -182,9 +201,11 @@ def calibrate(args, study, variant, log):
         raise RuntimeError(f"{variant}: calibration failed:\n{r.stderr[-2000:]}")
     el = {rec["step"]: rec["elapsed_s"] for rec in read_log(cal_dir) if "elapsed_s" in rec}
     s_per_step = (el[b] - el[a]) / (b - a)
-    cal[variant] = {"s_per_step": s_per_step, "load_1m": os.getloadavg()[0],
-                    "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_json(path, cal)
+    with study_lock(study):
+        cal = read_calibration(study)
+        cal[variant] = {"s_per_step": s_per_step, "threads": args.threads,
+                        "load_1m": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_json(study / "calibration.json", cal)
     log(f"  {variant}: {s_per_step:.3f} s/step")
     return s_per_step
 
@@ -359,6 +380,9 @@ def main(argv=None):
                          "cpu | cuda[:N]")
     ap.add_argument("--data-root", default="../shared/data", help="the shared data folder")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
+    ap.add_argument("--calibrate-only", action="store_true",
+                    help="time the variants' steps (on the idle machine) and exit; then run "
+                         "the study, e.g. one ablate.py process per core with --threads 1")
     ap.add_argument("--compare", metavar="A,B", default="",
                     help="compare two variants of the study image by image (scores.csv) and "
                          "exit; nothing is trained or evaluated")
@@ -409,6 +433,8 @@ def main(argv=None):
         trained = spec.get("train_as", variant)
         if not args.steps:
             calibrate(args, study, trained, log)
+    if args.calibrate_only:
+        return 0
     for seed in seeds:
         for variant in variants:
             spec = VARIANTS[variant]
@@ -436,12 +462,14 @@ def main(argv=None):
                                        args.threads, args.eval_pairs or None, device)
                 this = {"variant": variant, "seed": seed, "sample_steps": n, "pairs": pairs_key}
                 row = {**this, "train_steps": steps, "train_minutes": round(minutes, 2), **res}
-                rows = [r for r in rows if key(r) != key(this)] + [_formatted(row)]
-                scores = [r for r in scores if key(r) != key(this)] + \
-                    [_formatted({**this, **im}) for im in images]
+                with study_lock(study):  # another process may have written rows meanwhile
+                    rows = [r for r in read_results(results_path) if key(r) != key(this)] + \
+                        [_formatted(row)]
+                    scores = [r for r in read_results(scores_path) if key(r) != key(this)] + \
+                        [_formatted({**this, **im}) for im in images]
+                    write_results(scores_path, scores, SCORE_FIELDS)
+                    write_results(results_path, rows)
                 done.add(key(this))
-                write_results(scores_path, scores, SCORE_FIELDS)
-                write_results(results_path, rows)
                 log("  " + ", ".join(f"{s} {res[f'{s}_psnr_y']:.2f} dB / "
                                      f"{res[f'{s}_ssim_y']:.4f}" for s in SETS))
             full = [r for r in rows if (r.get("pairs") or "all") == "all"]
