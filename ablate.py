@@ -131,7 +131,7 @@ FIELDS = ["variant", "seed", "train_steps", "train_minutes", "sample_steps", "pa
                                                "input_ssim_y")]]
 SCORE_FIELDS = ["variant", "seed", "sample_steps", "pairs", "set", "image", "psnr_y", "ssim_y",
                 "input_psnr_y", "input_ssim_y"]
-CALIBRATION_STEPS = (10, 40)  # the step time is measured between these steps
+CALIBRATION_STEPS = (20, 120)  # the step time is measured between these steps (100: +-2 %)
 
 
 def run_training(args, study, variant, seed, extra, log):
