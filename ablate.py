@@ -238,10 +238,10 @@ def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads, limit=
     all) through sampling.py -> (the means, one row per image)."""
     import torch
 
-    from checkpoint import ckpt_paths, load_derainer
+    from checkpoint import load_derainer
     from sampling import derain_items, pairs_items
     torch.set_num_threads(threads)
-    derainer, _ = load_derainer(ckpt_paths(run_dir)[-1], device=device,
+    derainer, _ = load_derainer(run_dir, device=device,  # the run's last checkpoint
                                 sample_steps=sample_steps, **sample_overrides)
     out, images, t0 = {}, [], time.time()
     for name, csv_path in data_csvs.items():

@@ -42,6 +42,7 @@ if REPO not in sys.path:
 import torch  # noqa: E402
 
 import representations  # noqa: E402
+from helpers.errors import InputError  # noqa: E402
 from ddpm_conditional import launch  # noqa: E402
 from losses import LOSSES  # noqa: E402
 
@@ -132,7 +133,8 @@ def unit_ranges(rep, size):
 
 def run_model(args, name):
     """Build preset `name` as training does and time ddpm_conditional.TrainStep (in a worker)."""
-    from ddpm_conditional import Distributed, Parts, TrainStep
+    from training.distributed import Distributed
+    from training.parts import Parts, TrainStep
     from modules import count_parameters
 
     if args.threads:
@@ -213,7 +215,7 @@ def time_loader(args):
     from torch.utils.data import DataLoader
 
     from helpers.images import ImageError
-    from helpers.statistics import load_statistics
+    from representations.statistics import load_statistics
     from utils import FFTDataset
 
     def failed(e):
@@ -226,7 +228,7 @@ def time_loader(args):
         cfg = {**launch(), "representation": args.representation, "crop": args.size}
         rep = representations.from_config(cfg, load_statistics(args.stats))
         ds = FFTDataset(args.csv, rep, train=True)
-    except (ValueError, OSError) as e:  # a wrong path or mismatched statistics: report it
+    except InputError as e:  # a wrong path or mismatched statistics: report it
         return failed(e)
     t_init = time.perf_counter() - t0
     dl = DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,

@@ -5,19 +5,30 @@
     model, rep, diffusion, cfg = model_from_checkpoint(ckpt)
     derainer = load_derainer(path, device="cpu", sample_steps=20)   # flags override the config
 
-A checkpoint is a dict of tensors and plain values only: kind, version, step, model, ema,
-optimizer, scheduler, scaler, rng, world, config (the resolved config of the run, which names
-every lever: representation, loss, network, sampler settings), model_config (the network's
-constructor arguments), representation (its state: settings and normalisation), planned_steps,
-elapsed. Version 1 checkpoints (before representations and losses were separate objects) are
-converted on load.
+A checkpoint is a dict of tensors and plain values only. A training checkpoint holds kind,
+version, step, model, ema, optimizer, scaler, rng (one entry per rank), world, config (the
+resolved config of the run, which names every lever: representation, loss, network, sampler
+settings), model_config (the network's constructor arguments), representation (its state:
+settings and normalisation) and elapsed (training seconds); an export (export_checkpoint) holds
+kind, version, step, model (the EMA weights), config, model_config, representation,
+inference_only and exported_from. Version 1 checkpoints (before representations and losses were
+separate objects) are converted on load, and keys that did not exist yet get the value that
+reproduces what such a checkpoint did (HISTORICAL).
 """
 import os
 import pickle
+import random
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
+
+import representations
+from diffusion import make_process
+from helpers.errors import ConfigError, InputError
+from modules import build_network
+from sampling import Derainer, sample_settings
 
 KIND = "fourier-ddpm-derain"
 VERSION = 2
@@ -28,20 +39,43 @@ VERSION = 2
 LOAD_ERRORS = (RuntimeError, OSError, EOFError, KeyError, ValueError, UnicodeDecodeError,
                pickle.UnpicklingError, zipfile.BadZipFile)
 REQUIRED = ("step", "model", "config", "model_config", "representation")
-# Config keys added after version 2 was introduced, with the value that reproduces what a
-# checkpoint without them did.
-ADDED_KEYS = {"process": "diffusion", "network": "unet", "coupled": False, "bridge_noise": 0.1,
-              "norm_gamma": 0.5, "block": 8, "freq_schedule": 0.0,
-              "bridge_end": 0.0}
+# Not defaults: config keys added after version 2 was introduced, each with the value that
+# reproduces what a checkpoint written before it existed did (the code of that time).
+HISTORICAL = {"process": "diffusion", "network": "unet", "coupled": False, "bridge_noise": 0.1,
+              "norm_gamma": 0.5, "block": 8, "freq_schedule": 0.0, "bridge_end": 0.0,
+              "channels_last": True, "p_uncond": 0.0}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
 def ckpt_paths(run_dir):
-    """The run directory's checkpoints, oldest first."""
+    """The run directory's checkpoints, oldest (lowest step) first."""
     return sorted(Path(run_dir).glob("ckpt_*.pt"))
+
+
+# ---------------------------------------------------------------- RNG states
+def rng_state():
+    """The RNG states of torch (CPU and every CUDA device), NumPy and Python, as CPU tensors and
+    plain values (a checkpoint holds one per rank; it is loaded to the CPU, where
+    set_rng_state needs them)."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                      *[int(v) if isinstance(v, (int, np.integer)) else float(v)
+                        for v in np_state[2:]]],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
 
 
 def save_checkpoint(state, path):
@@ -57,7 +91,7 @@ def load_checkpoint(path, map_location="cpu"):
     `path` may be a run directory: its newest checkpoint is taken."""
     path = Path(path)
     if path.is_dir():
-        found = newest_checkpoint(path)
+        found = latest_checkpoint(path)
         if found is None:
             raise CheckpointError(f"{path}: no checkpoint (*.pt) in this folder")
         path = found
@@ -78,7 +112,13 @@ def load_checkpoint(path, map_location="cpu"):
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r}, this code "
                               f"reads version {VERSION}; update the repository")
-    ckpt["config"] = {**ADDED_KEYS, **ckpt.get("config", {})}
+    ckpt["config"] = {**HISTORICAL, **ckpt.get("config", {})}
+    if isinstance(ckpt.get("representation"), dict):  # the same for the representation's state
+        name = ckpt["representation"].get("name")
+        ckpt["representation"] = {"norm_gamma": HISTORICAL["norm_gamma"],
+                                  "options": {"block": HISTORICAL["block"]}
+                                  if name == "blockdct" else {},
+                                  **ckpt["representation"]}
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is incomplete (no {', '.join(missing)}); use "
@@ -96,7 +136,7 @@ def _from_version_1(ckpt):
     if model_config.pop("freq_coords", False):
         model_config["cond_channels"] += 3
     cfg = {"loss": "model", "loss_mix": 0.5, "ensemble": 1, "sample_batch": 32,
-           "signed_log": codec["log"], **ADDED_KEYS, **ckpt["config"], "representation": name}
+           "signed_log": codec["log"], **HISTORICAL, **ckpt["config"], "representation": name}
     cfg.pop("domain", None)
     rep = {k: codec[k] for k in ("target", "norm", "crop", "log")}
     rep.update(name=name, **({"ranges": codec["ranges"]} if codec.get("ranges") else {}))
@@ -119,18 +159,16 @@ def ema_weights(ema_state):
 def model_from_checkpoint(ckpt, ema=True, device="cpu"):
     """(model in eval mode on `device`, representation, diffusion, config) from a loaded
     checkpoint; the EMA weights unless ema=False."""
-    import representations
-    from diffusion import make_process
-    from modules import build_network
     where = ckpt.get("path", "checkpoint")
     cfg = ckpt["config"]
     try:
         rep = representations.from_state(ckpt["representation"])
         diffusion = make_process(cfg, rep)
         model = build_network(cfg, rep, trunk_config=ckpt["model_config"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, ConfigError) as e:  # a setting missing or unknown to this code
         raise CheckpointError(f"{where}: checkpoint is inconsistent ({type(e).__name__}: "
-                              f"{e}); use an earlier checkpoint of the run") from e
+                              f"{e}); use an earlier checkpoint of the run, or the code it was "
+                              "written with") from e
     state = ema_weights(ckpt["ema"]) if ema and ckpt.get("ema") else ckpt["model"]
     try:
         model.load_state_dict(state)
@@ -140,7 +178,7 @@ def model_from_checkpoint(ckpt, ema=True, device="cpu"):
                               "of the run") from e
     model.eval()
     # NHWC: ~1.3x faster sampling on CPU too, same numbers; one move, the statistics with it
-    fmt = torch.channels_last if cfg.get("channels_last", True) else torch.preserve_format
+    fmt = torch.channels_last if cfg["channels_last"] else torch.preserve_format
     return model.to(device, memory_format=fmt), rep.to(device), diffusion, cfg
 
 
@@ -162,17 +200,23 @@ def export_checkpoint(src, dst, fp16=False):
     return Path(ckpt["path"]).stat().st_size, dst.stat().st_size
 
 
-def newest_checkpoint(root="runs"):
-    """The most recently written checkpoint under `root` (ckpt_*.pt of a run, or an exported
-    .pt), or None."""
-    found = [p for p in Path(root).rglob("*.pt") if p.is_file()] if Path(root).is_dir() else []
+def latest_checkpoint(path):
+    """The checkpoint a folder stands for, or None: in a run directory (it holds ckpt_*.pt) the
+    one of the highest step, the run's last; in any other folder (e.g. runs/) the most recently
+    written .pt anywhere below it (a run's last checkpoint or an export)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    own = ckpt_paths(path)
+    if own:
+        return own[-1]
+    found = [p for p in path.rglob("*.pt") if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def load_derainer(path, device="cpu", ema=True, **overrides):
     """A sampling.Derainer from a checkpoint file; sampling settings from its config unless an
     override (sampler, sample_steps, eta, guidance, clip_x0, ensemble, sample_batch) is given."""
-    from sampling import Derainer, sample_settings
     ckpt = load_checkpoint(path)
     model, rep, diffusion, cfg = model_from_checkpoint(ckpt, ema=ema, device=device)
     return Derainer(model, rep, diffusion, sample_settings(cfg, **overrides), device,

@@ -25,10 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from checkpoint import CheckpointError, export_checkpoint, load_derainer, newest_checkpoint
+from checkpoint import CheckpointError, export_checkpoint, latest_checkpoint, load_derainer
 from helpers.images import is_image_file, natural_key
 from helpers.metrics import index_by_stem
-from helpers.statistics import read_pairs
+from helpers.errors import PairsError
+from helpers.pairs import read_pairs
 from helpers.devices import DeviceError, resolve_device
 from sampling import Item, assign_names, derain_items, sampler_text
 
@@ -61,9 +62,8 @@ def expand_inputs(paths):
                 continue
             try:
                 pairs = read_pairs(p)
-            except (ValueError, OSError, TypeError) as e:
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                errors.append(msg if str(p) in msg else f"{p}: not a readable pairs CSV ({msg})")
+            except PairsError as e:  # it names the file
+                errors.append(str(e))
                 continue
             if not pairs:
                 errors.append(f"{p}: no pairs in this CSV")
@@ -199,7 +199,7 @@ def main(argv=None):
     t_start = time.time()
     say = lambda msg: tqdm.write(msg, file=sys.stderr)
     if a.ckpt is None:
-        a.ckpt = newest_checkpoint("runs")
+        a.ckpt = latest_checkpoint("runs")
         if a.ckpt is None:
             print("error: no checkpoint given and none under runs/; train one with `python "
                   "ddpm_conditional.py` (about 10 minutes on a CPU) or give --ckpt",
@@ -237,7 +237,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     s = derainer.settings
-    if s["guidance"] != 1.0 and not cfg.get("p_uncond", 0):
+    if s["guidance"] != 1.0 and not cfg["p_uncond"]:
         say(f"warning: {a.ckpt} was trained without condition dropout (p_uncond 0): "
             f"--guidance {s['guidance']} extrapolates towards an untrained unconditional model")
     try:

@@ -22,10 +22,12 @@ import math
 
 import torch
 
+from helpers.errors import ConfigError
 from helpers.seeding import batch_generator
 
 PREDICTIONS = ("eps", "x0", "v")
 SCHEDULES = ("cosine", "linear")
+SAMPLERS = ("ddim", "ddpm")  # a Diffusion's samplers (a bridge has its own, regression none)
 
 
 def cosine_beta_schedule(timesteps, s=0.008):
@@ -53,14 +55,15 @@ class Diffusion:
     name = "diffusion"
     needs_start = False
 
-    def __init__(self, timesteps=1000, schedule="cosine", prediction="v", exponent=None):
+    def __init__(self, timesteps, schedule, prediction, exponent=None):
         """exponent: None (one schedule for every coefficient), or a tensor broadcasting against
         a sample (e.g. (1, h, w)): coefficient f is noised as abar_t ** exponent_f, so one with
         an exponent below 1 keeps its signal longer (see make_process, --freq-schedule)."""
         if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {schedule!r}; choose {', '.join(SCHEDULES)}")
+            raise ConfigError(f"unknown schedule {schedule!r}; choose {', '.join(SCHEDULES)}")
         if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction {prediction!r}; choose {', '.join(PREDICTIONS)}")
+            raise ConfigError(f"unknown prediction {prediction!r}; choose "
+                              f"{', '.join(PREDICTIONS)}")
         self.timesteps, self.schedule, self.prediction = timesteps, schedule, prediction
         betas = (cosine_beta_schedule if schedule == "cosine" else linear_beta_schedule)(timesteps)
         self.betas = betas
@@ -128,13 +131,13 @@ class Diffusion:
     def x0_estimate(self, out, x_t, t):
         return self.split(out, x_t, t)[0]
 
-    def sample(self, model, cond, start=None, sampler="ddim", steps=20, eta=0.0, guidance=1.0,
-               generator=None, clip=None, x_T=None, hook=None):
+    def sample(self, model, cond, start, sampler, steps, eta, guidance, generator=None, clip=None,
+               x_T=None, hook=None):
         if sampler == "ddim":
             return ddim_sample(model, cond, self, steps, eta, guidance, generator, clip, x_T, hook)
         if sampler == "ddpm":
             return ddpm_sample(model, cond, self, steps, guidance, generator, clip, x_T, hook)
-        raise ValueError(f"unknown sampler {sampler!r}; choose ddim or ddpm")
+        raise ConfigError(f"unknown sampler {sampler!r}; choose {', '.join(SAMPLERS)}")
 
 
 class _PredictsX0:
@@ -164,10 +167,10 @@ class Bridge(_PredictsX0):
 
     name = "bridge"
 
-    def __init__(self, timesteps=1000, noise=0.1, end=0.0):
+    def __init__(self, timesteps, noise, end):
         self.timesteps, self.noise, self.end = int(timesteps), float(noise), float(end)
         if not 0 <= self.end <= 1:
-            raise ValueError(f"--bridge-end is a fraction in [0, 1], got {end}")
+            raise ConfigError(f"--bridge-end is a fraction in [0, 1], got {end}")
 
     def start_weight(self, t, like):
         """s_t = (t + 1) / T, the weight of the rainy start in x_t, shaped to broadcast over
@@ -206,10 +209,10 @@ class Bridge(_PredictsX0):
         return (1 - s) * x0 + s * start + self._sigma(s) * noise
 
     @torch.no_grad()
-    def sample(self, model, cond, start=None, sampler="ddim", steps=4, eta=0.0, guidance=1.0,
-               generator=None, clip=None, x_T=None, hook=None):
+    def sample(self, model, cond, start, sampler, steps, eta, guidance, generator=None, clip=None,
+               x_T=None, hook=None):
         if start is None:
-            raise ValueError("the bridge starts from the rainy input: pass start")
+            raise TypeError("the bridge starts from the rainy input: pass start")
         x = start.to(cond.dtype)
         ts = _timesteps(self, steps)
         for i, t_now in enumerate(ts):
@@ -242,8 +245,8 @@ class Regression(_PredictsX0):
         return start
 
     @torch.no_grad()
-    def sample(self, model, cond, start=None, sampler="ddim", steps=1, eta=0.0, guidance=1.0,
-               generator=None, clip=None, x_T=None, hook=None):
+    def sample(self, model, cond, start, sampler, steps, eta, guidance, generator=None, clip=None,
+               x_T=None, hook=None):
         t = torch.zeros(cond.shape[0], device=cond.device, dtype=torch.long)
         x0 = model(start.to(cond.dtype), t, cond).to(cond.dtype)
         return x0.clamp(-clip, clip) if clip else x0
@@ -273,28 +276,28 @@ def frequency_exponent(representation, strength):
     if not strength:
         return None
     if not 0 < strength < 1:
-        raise ValueError(f"--freq-schedule must be in [0, 1), got {strength}")
+        raise ConfigError(f"--freq-schedule must be in [0, 1), got {strength}")
     c, h, w = representation.shape(representation.crop, representation.crop)
     extra = representation.extra_inputs(h, w, dtype=torch.float64)
     if extra is None or extra.shape[0] < 3:
-        raise ValueError(f"--freq-schedule needs a spectrum with frequency coordinates; the "
-                         f"{representation.name} representation has none")
+        raise ConfigError(f"--freq-schedule needs a spectrum with frequency coordinates; the "
+                          f"{representation.name} representation has none")
     return (1 - strength * (1 - extra[2]))[None]  # (1, h, w)
 
 
-def make_process(cfg, representation=None):
+def make_process(cfg, representation):
     """The process named by cfg['process'] with its settings (cfg['freq_schedule'] needs the
     representation)."""
-    name = cfg.get("process", "diffusion")
+    name = cfg["process"]
     if name == "diffusion":
-        strength = cfg.get("freq_schedule", 0.0)
+        strength = cfg["freq_schedule"]
         return Diffusion(cfg["timesteps"], cfg["schedule"], cfg["prediction"],
                          frequency_exponent(representation, strength) if strength else None)
     if name == "bridge":
-        return Bridge(cfg["timesteps"], cfg.get("bridge_noise", 0.1), cfg.get("bridge_end", 0.0))
+        return Bridge(cfg["timesteps"], cfg["bridge_noise"], cfg["bridge_end"])
     if name == "regression":
         return Regression()
-    raise ValueError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}")
+    raise ConfigError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}")
 
 
 def _guided(model, x, t, cond, guidance):
@@ -326,8 +329,8 @@ def _timesteps(diffusion, steps):
 
 
 @torch.no_grad()
-def ddim_sample(model, cond, diffusion, steps=20, eta=0.0, guidance=1.0, generator=None,
-                clip=None, x_T=None, hook=None):
+def ddim_sample(model, cond, diffusion, steps, eta, guidance, generator=None, clip=None,
+                x_T=None, hook=None):
     """DDIM (Song et al. 2021) with `steps` network evaluations; eta = 0 is deterministic given
     the initial noise, eta = 1 matches DDPM's variance. Returns x0 with the shape of `cond`'s
     batch and the model's channels (taken from cond). clip: bound the x0 estimate to [-c, c].
@@ -354,11 +357,10 @@ def ddim_sample(model, cond, diffusion, steps=20, eta=0.0, guidance=1.0, generat
 
 
 @torch.no_grad()
-def ddpm_sample(model, cond, diffusion, steps=None, guidance=1.0, generator=None, clip=None,
-                x_T=None, hook=None):
+def ddpm_sample(model, cond, diffusion, steps, guidance, generator=None, clip=None, x_T=None,
+                hook=None):
     """Ancestral sampling (Ho et al. 2020). With steps < T the same posterior is taken between
-    the strided timesteps (the respacing of Nichol & Dhariwal 2021); steps=None uses all T."""
-    steps = diffusion.timesteps if steps is None else steps
+    the strided timesteps (the respacing of Nichol & Dhariwal 2021)."""
     x = _initial(cond, generator, x_T)
     ts = _timesteps(diffusion, steps)
     for i, t_now in enumerate(ts):
@@ -384,8 +386,8 @@ def _initial(cond, generator, x_T):
     return _randn_like(generator, cond)
 
 
-def sample(model, cond, process, sampler="ddim", steps=20, eta=0.0, guidance=1.0,
-           generator=None, clip=None, x_T=None, start=None, hook=None):
+def sample(model, cond, process, sampler, steps, eta, guidance, generator=None, clip=None,
+           x_T=None, start=None, hook=None):
     """Sample with any process (Diffusion: ddim or ddpm by name; Bridge; Regression)."""
     return process.sample(model, cond, start, sampler, steps, eta, guidance, generator, clip,
                           x_T, hook)

@@ -1,16 +1,16 @@
-"""FFT statistics after the signed log (what training normalises with).
+"""FFT statistics of a pairs CSV after the signed log sign(x) log1p(|x|): for training with
+`--signed-log true` (the original system's setting; the default trains on linear values, whose
+statistics get_fft_statistics.py computes). Same options and output:
 
-    python get_fft_statistics_log.py --csv pairs.csv --out stats.json [--representation realimag]
+    python get_fft_statistics_log.py --csv pairs.csv --out stats.json [--representation magphase]
                                      [--crop 64] [--workers 4]
 
-Writes the per-channel keys of the original system (mag_R_max ... phase_B_std, number_of_images,
-number_of_pixels) for the rain, diff and clean spectra, the settings they depend on, and
-per-frequency statistics at the crop size in stats.npz. See helpers/statistics.py.
+The output holds the representation's own channel keys and, always, the original system's
+magnitude/phase table (mag_R_max ... phase_B_std) under "original".
 """
 import sys
 
-from ddpm_conditional import launch
-from helpers.statistics import statistics_main
+from get_fft_statistics import main
 
 if __name__ == "__main__":
-    sys.exit(statistics_main(sys.argv[1:], log=True, defaults=launch()))
+    sys.exit(main(sys.argv[1:], log=True))

@@ -20,6 +20,7 @@ so a loss can decode the network's x0 estimate and measure it in image space.
 """
 import torch
 
+from helpers.errors import ConfigError
 from helpers.seeding import SampleGenerators, batch_generator, hash_seed
 
 # The image loss is expressed in units of an RMS error of 0.1 (20 dB PSNR), so that its values
@@ -45,7 +46,7 @@ class DiffusionLoss:
 
     name = ""
 
-    def __init__(self, process, representation, p_uncond=0.0, seed=0):
+    def __init__(self, process, representation, p_uncond, seed):
         self.process, self.rep, self.p_uncond = process, representation, float(p_uncond)
         self.seed = int(seed)
 
@@ -107,10 +108,11 @@ class MixLoss(DiffusionLoss):
 
     name = "mix"
 
-    def __init__(self, process, representation, p_uncond=0.0, seed=0, mix=0.5):
+    def __init__(self, process, representation, p_uncond, seed, mix):
         super().__init__(process, representation, p_uncond, seed)
         self.mix = float(mix)
-        self.parts = (ModelLoss(process, representation), ImageLoss(process, representation))
+        self.parts = (ModelLoss(process, representation, p_uncond, seed),
+                      ImageLoss(process, representation, p_uncond, seed))
 
     def per_element(self, pred, batch, x_t, t, noise):
         m, i = (p.per_element(pred, batch, x_t, t, noise).flatten(1) for p in self.parts)
@@ -126,7 +128,6 @@ def make_loss(cfg, process, representation):
     """The loss named by cfg['loss'] (with cfg['p_uncond'] and, for mix, cfg['loss_mix'])."""
     name = cfg["loss"]
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+        raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     kw = {"mix": cfg["loss_mix"]} if name == "mix" else {}
-    return LOSSES[name](process, representation, cfg.get("p_uncond", 0.0), cfg.get("seed", 0),
-                        **kw)
+    return LOSSES[name](process, representation, cfg["p_uncond"], cfg["seed"], **kw)

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.errors import InputError
+
 REPO = Path(__file__).resolve().parent
 DEFAULT_DATA = os.environ.get("DERAIN_DATA") or str(REPO.parent / "shared" / "data")
 PAIRED_SETS = (("Rain100L", "comparison_rain100l.png"), ("Rain100H", "comparison_rain100h.png"))
@@ -101,7 +103,7 @@ def make_training_curves(runs, out):
 # ============================================================================ (b, c) deraining
 def derain_one(derainer, rain_u8, label="", seed=0):
     """One image through the shared sampling path, with a line saying how long it took."""
-    from sampling import count_windows
+    from helpers.tiling import count_windows
     t0 = time.time()
     ours = derainer(rain_u8, seed)
     h, w = rain_u8.shape[:2]
@@ -127,7 +129,7 @@ def numbered_pairs(folder, numbers):
     """(clean, rain) paths of a paired set (input/ + target/ under identical names) whose number
     is in `numbers`, in the order of `numbers`."""
     from helpers.images import is_image_file
-    from preprocess_csv import background_number
+    from helpers.pairs import background_number
     folder = Path(folder)
     by_number = {}
     for f in sorted((folder / "input").iterdir()):
@@ -139,7 +141,8 @@ def numbered_pairs(folder, numbers):
 def derain_pairs(derainer, pairs, limit, seed=0):
     """[(name, rain, ours, clean, psnr_rain, psnr_ours)] for the first `limit` pairs, derained
     and scored by the shared path (sampling.derain_items); an unreadable pair is skipped."""
-    from sampling import Item, assign_names, count_windows, derain_items
+    from helpers.tiling import count_windows
+    from sampling import Item, assign_names, derain_items
     items = assign_names([Item(rain, clean) for clean, rain in pairs[:limit]])
     report = derain_items(derainer, items, score=True, seed=seed, progress=False, keep=limit,
                           say=note)
@@ -191,7 +194,7 @@ def downscale(img_u8, max_side):
 def real_photos(folder, n):
     """n photos spread evenly over the folder's images (sorted by number)."""
     from helpers.images import is_image_file
-    from preprocess_csv import background_number
+    from helpers.pairs import background_number
     number = lambda f: background_number(f.stem)
     files = sorted((f for f in Path(folder).iterdir() if is_image_file(f)),
                    key=lambda f: (number(f) is None, number(f) or 0, f.name))
@@ -317,7 +320,7 @@ def main(argv=None):
     written, failed = [], False
 
     if args.pipeline:  # (e)
-        from helpers.draw_pipeline import draw_pipeline
+        from tools.draw_pipeline import draw_pipeline
         written.append(draw_pipeline(args.pipeline))
 
     if args.run:  # (a)
@@ -397,10 +400,10 @@ def main(argv=None):
             else:
                 note(f"{real} not found: real_rain.png skipped")
         if derainer is not None and args.csv:
-            from helpers.statistics import read_pairs
+            from helpers.pairs import read_pairs
             try:
                 pairs = read_pairs(args.csv)
-            except (OSError, ValueError) as e:
+            except InputError as e:
                 print(f"error: --csv {args.csv}: {e}", flush=True)
                 failed = True
                 pairs = []

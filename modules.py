@@ -29,11 +29,14 @@ Design notes (why it looks the way it does):
 ``self.config`` holds the U-Net's constructor arguments as a plain, JSON-able dict; a checkpoint
 saves it next to the state_dict and ``build_network`` rebuilds the same architecture from it.
 """
+import inspect
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from helpers.errors import ConfigError
 
 # Architecture presets (only shape hyper-parameters: channel counts are task-specific and come
 # from the representation, see build_network).
@@ -147,7 +150,7 @@ class AttnBlock(nn.Module):
     def __init__(self, channels, heads, groups):
         super().__init__()
         if channels % heads:
-            raise ValueError(f"attention width {channels} is not divisible by attn_heads={heads}")
+            raise ConfigError(f"attention width {channels} is not divisible by attn_heads={heads}")
         self.heads = heads
         self.norm = norm(groups, channels)
         # No bias: a key bias adds the same q.b to every logit of a query, which softmax cancels,
@@ -234,16 +237,16 @@ class UNet_conditional(nn.Module):
             (FourierUnit; the dual spectral/spatial block of Fast Fourier Convolutions).
     """
 
-    # Defaults = MODEL_PRESETS["default"], so UNet_conditional() is the middle-sized model.
-    def __init__(self, in_channels=6, cond_channels=6, out_channels=6, base_channels=32,
-                 channel_mults=(1, 2, 4, 8), num_res_blocks=(1, 2, 2, 2), attn_levels=(3,),
-                 attn_heads=8, dropout=0.0, groups=16, ffc=False):
+    # The shape comes from a preset of MODEL_PRESETS (build_network); dropout and the FFC branch
+    # are off unless asked for.
+    def __init__(self, in_channels, cond_channels, out_channels, base_channels, channel_mults,
+                 num_res_blocks, attn_levels, attn_heads, groups, dropout=0.0, ffc=False):
         super().__init__()
         channel_mults = tuple(int(m) for m in channel_mults)
         attn_levels = tuple(sorted({int(a) for a in attn_levels}))
         n_levels = len(channel_mults)
         if n_levels < 1:
-            raise ValueError("channel_mults needs at least one level")
+            raise ConfigError("channel_mults needs at least one level")
         if isinstance(num_res_blocks, int):
             blocks = [num_res_blocks] * n_levels
             nrb_config = int(num_res_blocks)
@@ -251,12 +254,12 @@ class UNet_conditional(nn.Module):
             blocks = [int(n) for n in num_res_blocks]
             nrb_config = list(blocks)
             if len(blocks) != n_levels:
-                raise ValueError(f"num_res_blocks={num_res_blocks}: need one entry per level "
+                raise ConfigError(f"num_res_blocks={num_res_blocks}: need one entry per level "
                                  f"({n_levels})")
         if min(blocks) < 1:
-            raise ValueError("num_res_blocks must be >= 1 at every level")
+            raise ConfigError("num_res_blocks must be >= 1 at every level")
         if any(a < 1 or a >= n_levels for a in attn_levels):
-            raise ValueError(f"attn_levels={attn_levels}: must be level indices in 1..{n_levels - 1}"
+            raise ConfigError(f"attn_levels={attn_levels}: must be level indices in 1..{n_levels - 1}"
                              " (no attention at full resolution, level 0)")
         # Plain JSON-able record of the constructor arguments (lists, not tuples, so a JSON round
         # trip gives back an identical dict).
@@ -417,6 +420,7 @@ class PixelTrunk(nn.Module):
 
 
 NETWORKS = ("unet", "pixel_trunk", "ffc")
+X0_NETWORKS = ("pixel_trunk",)  # networks whose output is an x0 estimate
 
 
 def build_network(cfg, representation, trunk_config=None):
@@ -424,13 +428,13 @@ def build_network(cfg, representation, trunk_config=None):
     U-Net over the representation's channels; ffc, the same with a global Fourier branch in
     every block; pixel_trunk, see PixelTrunk). trunk_config: the U-Net arguments a checkpoint
     stored (default: the preset cfg['model'] with cfg['model_args'])."""
-    kind = cfg.get("network", "unet")
+    kind = cfg["network"]
     if kind not in NETWORKS:
-        raise ValueError(f"unknown network {kind!r}; choose {', '.join(NETWORKS)}")
+        raise ConfigError(f"unknown network {kind!r}; choose {', '.join(NETWORKS)}")
     if trunk_config is None:
         if cfg["model"] not in MODEL_PRESETS:
-            raise ValueError(f"unknown model {cfg['model']!r}; choose "
-                             f"{', '.join(MODEL_PRESETS)}")
+            raise ConfigError(f"unknown model {cfg['model']!r}; choose "
+                              f"{', '.join(MODEL_PRESETS)}")
         c = representation.channels
         if kind == "pixel_trunk":  # (change, rain) pixels in, the change out
             io = {"in_channels": 6, "cond_channels": 0, "out_channels": 3}
@@ -439,6 +443,9 @@ def build_network(cfg, representation, trunk_config=None):
             io = {"in_channels": c, "cond_channels": c + extra, "out_channels": c,
                   "ffc": kind == "ffc"}
         trunk_config = {**MODEL_PRESETS[cfg["model"]], **cfg["model_args"], **io}
+    unknown = set(trunk_config) - set(inspect.signature(UNet_conditional).parameters)
+    if unknown:
+        raise ConfigError(f"the U-Net takes no argument(s) {sorted(unknown)} (--model-args)")
     trunk = UNet_conditional(**trunk_config)
     if kind == "pixel_trunk":
         return PixelTrunk(trunk, representation)

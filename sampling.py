@@ -13,60 +13,25 @@ weight, which leaves no seams. All of it runs on the model's device in float32; 
 itself (input, output and weight map: about 3x the image as float32, ~0.4 GB for 4000x3000),
 memory grows with the batch of windows only.
 """
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from diffusion import sample
+from helpers.errors import InputError
 from helpers.images import (ImageError, output_names, read_picture, read_rgb, to_uint8,
                             write_picture)
+from helpers.metrics import BASELINE_PREFIX, score_pair, summarize
+from helpers.pairs import read_pairs
 from helpers.seeding import SampleGenerators, hash_seed
+from helpers.tiling import OVERLAP, count_windows, pad_to, window_boxes, window_weight
 
-OVERLAP = 0.5  # fraction of a window shared with its neighbour when deraining
 # The sampling settings a checkpoint's config holds (defaults in ddpm_conditional.launch()).
 SAMPLE_KEYS = ("sampler", "sample_steps", "eta", "guidance", "clip_x0", "ensemble", "sample_batch",
                "coupled")
-
-
-# ===================================================================== tiling
-def window_starts(length, crop, overlap=0.0):
-    """Start offsets of windows of `crop` covering [0, length), neighbours sharing at least
-    `overlap` of a window: evenly spaced, the first at 0 and the last flush with the end.
-    Statistics tile with overlap 0; deraining with OVERLAP."""
-    if length <= crop:
-        return [0]
-    stride = max(1, int(crop * (1 - overlap)))
-    n = math.ceil((length - crop) / stride) + 1
-    return sorted({round(i * (length - crop) / (n - 1)) for i in range(n)})
-
-
-def window_boxes(h, w, crop, overlap=0.0):
-    """(y, x) of every window of an h x w image, row by row."""
-    return [(y, x) for y in window_starts(h, crop, overlap) for x in window_starts(w, crop, overlap)]
-
-
-def pad_to(img, crop):
-    """Reflect-pad a (3, H, W) image so both sides are at least `crop` (small photos)."""
-    _, h, w = img.shape
-    ph, pw = max(0, crop - h), max(0, crop - w)
-    if ph == 0 and pw == 0:
-        return img
-    return np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > 1 else "edge")
-
-
-def window_weight(crop):
-    """(crop, crop) raised-cosine weight, positive everywhere: near 0 at a window's edge, where
-    its neighbour is near its centre, so overlapping windows hand over smoothly. Weights are
-    normalised by their sum, so a pixel covered by one window keeps that window's value."""
-    w = np.sin(np.pi * (np.arange(crop) + 0.5) / crop) ** 2
-    return np.outer(w, w)
-
-
-def count_windows(h, w, crop, ensemble=1):
-    return len(window_boxes(max(h, crop), max(w, crop), crop, OVERLAP)) * ensemble
 
 
 def image_seed(seed, index):
@@ -82,7 +47,7 @@ def sample_settings(cfg, **overrides):
     missing = [k for k in SAMPLE_KEYS if k not in cfg and overrides.get(k) is None]
     if missing:
         raise KeyError(f"config lacks the sampling setting(s) {missing}")
-    s = {k: cfg.get(k) for k in SAMPLE_KEYS}
+    s = {k: cfg[k] for k in SAMPLE_KEYS if k in cfg}
     s.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(overrides) - set(SAMPLE_KEYS)
     if unknown:
@@ -269,7 +234,6 @@ class Item:
 
 def pairs_items(csv, limit=None):
     """Items (rainy image, clean target) of a pairs CSV, named as derain.py names them."""
-    from helpers.statistics import read_pairs
     pairs = read_pairs(csv)
     items = [Item(rain, clean) for clean, rain in (pairs[:limit] if limit else pairs)]
     return assign_names(items)
@@ -297,20 +261,18 @@ class Report:
     @property
     def summary(self):
         """Means over the scored images (ours and, under "baseline", the rainy input)."""
-        from helpers.metrics import summarize
         return summarize(self.rows, baseline=True, n_failed=len(self.failed) + len(self.unscored))
 
 
 def score_item(item, rain_u8, pred_u8):
-    """Score one output and its rainy input against the item's target -> row; raises ValueError
-    (ImageError included) with a message naming the file when it cannot be scored."""
-    from helpers.metrics import BASELINE_PREFIX, score_pair
+    """Score one output and its rainy input against the item's target -> row; raises
+    InputError (ImageError included) with a message naming the file when it cannot be scored."""
     if item.target is None:
-        raise ValueError(item.target_error or f"{item.path}: no target (not from a pairs CSV, "
+        raise InputError(item.target_error or f"{item.path}: no target (not from a pairs CSV, "
                          "no --eval DIR): not scored")
     target_u8 = read_rgb(item.target)
     if target_u8.shape != pred_u8.shape:
-        raise ValueError(f"{item.path} is {pred_u8.shape[1]}x{pred_u8.shape[0]} but its target "
+        raise InputError(f"{item.path} is {pred_u8.shape[1]}x{pred_u8.shape[0]} but its target "
                          f"{item.target} is {target_u8.shape[1]}x{target_u8.shape[0]}: not scored")
     ours, base = score_pair(pred_u8, target_u8), score_pair(rain_u8, target_u8)
     return {"name": item.name, "pred": f"{item.name}.png", "target": str(item.target), **ours,
@@ -321,18 +283,28 @@ def derain_items(derainer, items, out_dir=None, score=False, seed=0, progress=Tr
                  keep=0):
     """Derain every item with derainer (item i's noise from image_seed(seed, i)), write
     OUT/<name>.png when out_dir is given, score each against its target when `score`, keep the
-    first `keep` (rain, ours, clean) triples. A bad file is reported with say() and skipped.
-    Returns a Report."""
-    from tqdm import tqdm
+    first `keep` (rain, ours, clean) triples. A file that cannot be read or written, and an
+    image too large for the memory, is reported with say() and skipped; anything else is a bug
+    and raises. Returns a Report."""
     report, t0 = Report(), time.time()
     out_dir = Path(out_dir) if out_dir else None
     bar = tqdm(total=len(items), desc="derain", unit="img", disable=not progress,
                dynamic_ncols=True)
+
+    def failed(it, msg):
+        say(f"error: {msg if str(it.path) in msg else f'{it.path}: {msg}'}")
+        report.failed.append(str(it.path))
+        bar.update(1)
+
     try:
         for index, it in enumerate(items):
             bar.set_postfix_str(it.name, refresh=False)
             try:
                 pic = read_picture(it.path)  # any ordinary mode; written back in its own form
+            except (ImageError, OSError) as e:
+                failed(it, str(e) or type(e).__name__)
+                continue
+            try:
                 w, h = pic.size
                 s = derainer.settings
                 n_win = count_windows(h, w, derainer.rep.crop, s["ensemble"])
@@ -344,29 +316,28 @@ def derain_items(derainer, items, out_dir=None, score=False, seed=0, progress=Tr
                                            progress=inner)
                 finally:
                     inner.close()
-                if out_dir is not None:
-                    write_picture(out_dir / f"{it.name}.png", pic.restore(pred.transpose(1, 2, 0)))
-                pred_u8, rain_u8 = to_uint8(pred), pic.rgb_u8()
-                del pred
-                report.n_done += 1
             except torch.cuda.OutOfMemoryError as e:
-                say(f"error: {it.path}: out of GPU memory ({str(e).splitlines()[0]}); try a "
-                    "smaller --batch-size")
-                report.failed.append(str(it.path))
-                bar.update(1)
+                failed(it, f"out of GPU memory ({str(e).splitlines()[0]}); try a smaller "
+                           "--batch-size")
                 continue
-            except (ImageError, OSError, ValueError, MemoryError) as e:
-                msg = str(e) or type(e).__name__
-                say(f"error: {msg if str(it.path) in msg else f'{it.path}: {msg}'}")
-                report.failed.append(str(it.path))
-                bar.update(1)
+            except MemoryError:
+                failed(it, "out of memory: the image is too large for this machine")
                 continue
+            if out_dir is not None:
+                try:
+                    write_picture(out_dir / f"{it.name}.png", pic.restore(pred.transpose(1, 2, 0)))
+                except OSError as e:  # a full disk, a folder that cannot be written
+                    failed(it, f"cannot write {out_dir / (it.name + '.png')} ({e})")
+                    continue
+            pred_u8, rain_u8 = to_uint8(pred), pic.rgb_u8()
+            del pred
+            report.n_done += 1
             if score:
                 try:
                     report.rows.append(score_item(it, rain_u8, pred_u8))
                     if len(report.shown) < keep:
                         report.shown.append((rain_u8, pred_u8, read_rgb(it.target)))
-                except ValueError as e:
+                except (InputError, OSError) as e:
                     msg = str(e)
                     if str(it.path) not in msg and str(it.target) not in msg:
                         msg = f"{it.path}: {msg}: not scored"

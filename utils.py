@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from helpers.seeding import hash_seed
-from helpers.statistics import load_pair, read_pairs
-from sampling import pad_to
+from helpers.errors import PairsError
+from helpers.pairs import load_pair, read_pairs
+from helpers.tiling import pad_to
 
 
 class FFTDataset(Dataset):
@@ -31,7 +32,7 @@ class FFTDataset(Dataset):
     def __init__(self, csv, representation, train=True, seed=0):
         self.pairs = read_pairs(csv)
         if not self.pairs:
-            raise ValueError(f"{csv}: no pairs")
+            raise PairsError(f"{csv}: no pairs")
         self.rep, self.crop, self.train = representation, representation.crop, train
         self.seed = seed
 
@@ -114,7 +115,7 @@ def get_data(cfg, representation, train=True, start=0, seed=0):
         sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=False)
     else:
         sampler = None
-    workers = int(cfg.get("num_workers", 2))
+    workers = int(cfg["num_workers"])
     return DataLoader(ds, batch_size=cfg["batch_size"], sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
                       drop_last=False)

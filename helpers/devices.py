@@ -13,10 +13,12 @@ import os
 
 import torch
 
+from helpers.errors import InputError
+
 NAMES = "auto, cpu, cuda or cuda:N"
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """A device that cannot be used here; the message is one line saying what to do."""
 
 

@@ -23,11 +23,13 @@ def log_magnitude(img):
     return np.log1p(np.abs(fft_image(y)))
 
 
-def save_figure(fig, path):
-    """Save atomically (the format follows the extension)."""
+def save_figure(fig, path, text=None):
+    """Save atomically (the format follows the extension); `text` (a PNG's Description entry)
+    records what the figure shows in a form a test can compare."""
     ext = os.path.splitext(str(path))[1].lstrip(".") or "png"
     # no "Software: matplotlib x.y" entry in a PNG: the bytes depend on the drawing only
-    meta = {"Software": None} if ext == "png" else None
+    meta = {"Software": None, **({"Description": text} if text else {})} if ext == "png" \
+        else None
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=ext, dpi=110, bbox_inches="tight", metadata=meta)
     plt.close(fig)

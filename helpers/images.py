@@ -19,12 +19,14 @@ import numpy as np
 import png
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from helpers.errors import InputError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's convert("L"): colour -> grayscale
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image that cannot be used; the message names the file and the remedy."""
 
 

@@ -29,24 +29,20 @@ Use:
     write_scores_csv(result.rows, "per_image.csv")
     print(format_summary(result.summary))
 
-CLI:
-    python -m helpers.metrics PRED_DIR TARGET_DIR [--input RAIN_DIR] [--csv per_image.csv]
-                              [--rgb] [--workers K]
-prints the summary table (with the do-nothing baseline, input vs target, beside it when --input
-is given) and exits 1 if any image failed (reported by name on stderr), 0 otherwise.
+The command line over it is tools/score.py (python -m tools.score PRED_DIR TARGET_DIR).
 """
-import argparse
 import csv
 import dataclasses
 import math
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from skimage.metrics import structural_similarity
 
-from helpers.images import ImageError, atomic_path, is_image_file, read_rgb
+from helpers.errors import InputError
+from helpers.images import ImageError, atomic_path, is_image_file, output_names, read_rgb
+from helpers.pairs import read_pairs
 
 PEAK = 255.0
 SSIM_SIGMA = 1.5
@@ -65,7 +61,7 @@ def _check_rgb_u8(img, what="image"):
         raise TypeError(f"{what}: expected a uint8 RGB array, got dtype {img.dtype} (convert with "
                         "helpers.images.to_uint8 first)")
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"{what}: expected shape (H, W, 3), got {img.shape}")
+        raise InputError(f"{what}: expected shape (H, W, 3), got {img.shape}")
     return img
 
 
@@ -93,7 +89,7 @@ def _check_pair(pred, target):
     pred = _check_rgb_u8(pred, "prediction")
     target = _check_rgb_u8(target, "target")
     if pred.shape != target.shape:
-        raise ValueError(f"prediction is {_size(pred)} but target is {_size(target)}; "
+        raise InputError(f"prediction is {_size(pred)} but target is {_size(target)}; "
                          "they must have the same size")
     return pred, target
 
@@ -116,7 +112,7 @@ def psnr_rgb(pred_u8, target_u8):
 
 def _ssim(y1, y2):
     if min(y1.shape) < 11:
-        raise ValueError(f"image is {y1.shape[1]}x{y1.shape[0]}, smaller than SSIM's 11x11 window")
+        raise InputError(f"image is {y1.shape[1]}x{y1.shape[0]}, smaller than SSIM's 11x11 window")
     return float(structural_similarity(y1, y2, gaussian_weights=True, sigma=SSIM_SIGMA,
                                        use_sample_covariance=False, data_range=PEAK))
 
@@ -223,8 +219,6 @@ def _pairs_tasks(pred_dir, csv_path):
     """Tasks for a pairs CSV: the prediction of each rainy image is PRED_DIR/<its output
     name>.png (helpers.images.output_names: as derain.py and the final evaluation name them),
     its target the clean column, the rainy image the baseline."""
-    from helpers.images import output_names
-    from helpers.statistics import read_pairs
     pairs = read_pairs(csv_path)
     names = output_names([rain for _, rain in pairs])
     tasks, errors = [], []
@@ -244,21 +238,21 @@ def _score_task(task):
         target = read_rgb(target_path)
         pred = read_rgb(pred_path)
         if pred.shape != target.shape:
-            raise ValueError(f"{pred_path}: prediction is {_size(pred)} but target "
+            raise InputError(f"{pred_path}: prediction is {_size(pred)} but target "
                              f"{target_path} is {_size(target)}")
         row = {"name": name, "pred": os.path.basename(pred_path),
                "target": os.path.basename(target_path), **score_pair(pred, target)}
         if input_path is not None:
             rain = read_rgb(input_path)
             if rain.shape != target.shape:
-                raise ValueError(f"{input_path}: input is {_size(rain)} but target "
+                raise InputError(f"{input_path}: input is {_size(rain)} but target "
                                  f"{target_path} is {_size(target)}")
             row["input"] = os.path.basename(input_path)
             row.update({BASELINE_PREFIX + k: v for k, v in score_pair(rain, target).items()})
         return row, None
     except ImageError as e:
         return None, str(e)  # already names the file
-    except ValueError as e:
+    except InputError as e:
         msg = str(e)
         return None, msg if pred_path in msg else f"{pred_path}: {msg}"
 
@@ -359,43 +353,3 @@ def format_summary(summary, rgb=False):
     if summary.get("n_failed"):
         lines.append(f"FAILED: {summary['n_failed']} image(s) not scored (see errors above)")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- CLI
-def main(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m helpers.metrics",
-        description="Mean PSNR-Y / SSIM-Y (MATLAB BT.601 Y, Wang et al. 2004 SSIM) of the "
-                    "predictions in PRED_DIR against the targets of the same name stem in "
-                    "TARGET_DIR. Exits 1 if any image failed.")
-    p.add_argument("pred_dir", metavar="PRED_DIR")
-    p.add_argument("target_dir", metavar="TARGET_DIR",
-                   help="folder of clean targets (paired by name stem), or a pairs CSV (paired "
-                        "by the output names derain.py gives; the rainy column is the baseline)")
-    p.add_argument("--input", metavar="RAIN_DIR", default=None,
-                   help="rainy inputs: also report the do-nothing baseline (input vs target)")
-    p.add_argument("--csv", metavar="PATH", default=None, help="write per-image scores here")
-    p.add_argument("--rgb", action="store_true", help="also show PSNR over the RGB channels")
-    p.add_argument("--workers", type=int, default=None, metavar="K",
-                   help=f"worker processes (default {default_workers()})")
-    args = p.parse_args(argv)
-    try:
-        result = score_folders(args.pred_dir, args.target_dir, args.input, workers=args.workers)
-    except (OSError, ValueError) as e:  # a missing folder, an unreadable pairs CSV
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for err in result.errors:
-        print(f"error: {err}", file=sys.stderr)
-    if args.csv:
-        write_scores_csv(result.rows, args.csv)
-    print(format_summary(result.summary, rgb=args.rgb))
-    if args.csv:
-        print(f"per-image scores: {args.csv}")
-    if result.summary["n"] == 0:
-        print("error: no image pairs were scored", file=sys.stderr)
-        return 1
-    return 1 if result.failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,12 @@
 """The registry of representations: one class per file, chosen by name (`--representation`).
 
-    rep = make("realimag", target="diff", norm="perfreq_std", crop=64, log=True, stats=stats)
+    rep = from_config(cfg, stats)                       # what a resolved config names
+    rep = make_transform("realimag", crop=64, log=False)  # transform only (statistics)
     rep = from_state(ckpt["representation"])          # what a checkpoint stored
 
 See base.py for the interface. Adding a representation: a file with its class, a line below.
 """
+from helpers.errors import ConfigError
 from representations.base import NORMS, TARGETS, Representation  # noqa: F401
 from representations.blockdct import BlockDCT
 from representations.magphase import MagPhase
@@ -22,20 +24,29 @@ def names(statistics_only=False):
 
 def get_class(name):
     if name not in REGISTRY:
-        raise ValueError(f"unknown representation {name!r}; choose one of {', '.join(REGISTRY)}")
+        raise ConfigError(f"unknown representation {name!r}; choose one of {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
-def make(name, target="diff", norm="perfreq_std", crop=64, log=True, stats=None,
-         norm_gamma=0.5, **options):
-    return get_class(name)(target, norm, crop, log, stats, norm_gamma, **options)
+def make(name, crop, log, target=None, norm=None, norm_gamma=None, stats=None, **options):
+    """A representation by name (the arguments of Representation, base.py)."""
+    return get_class(name)(crop, log, target, norm, norm_gamma, stats, **options)
+
+
+def make_transform(name, crop, log, **options):
+    """A representation that only transforms windows (what the statistics measure)."""
+    return get_class(name)(crop, log, **options)
+
+
+def options_of(cfg, name=None):
+    """The representation's own options (e.g. blockdct's block) from a config."""
+    return {k: cfg[k] for k in get_class(name or cfg["representation"]).options}
 
 
 def from_config(cfg, stats=None):
-    """The representation a resolved config names (its own options read from the config)."""
-    cls = get_class(cfg["representation"])
-    return cls(cfg["target"], cfg["norm"], cfg["crop"], cfg["signed_log"], stats,
-               cfg.get("norm_gamma", 0.5), **{k: cfg[k] for k in cls.options if k in cfg})
+    """The representation a resolved config names, with its normalisation statistics."""
+    return make(cfg["representation"], cfg["crop"], cfg["signed_log"], cfg["target"],
+                cfg["norm"], cfg["norm_gamma"], stats, **options_of(cfg))
 
 
 def from_state(state):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from helpers import process as P
+from helpers.errors import ConfigError, StatisticsError
 
 TARGETS = ("diff", "clean")
 NORMS = ("perfreq_std", "perfreq", "global_std", "global", "scalar_std", "partial_std")
@@ -34,9 +35,14 @@ COND_CLIP = 8.0  # a new photo may fall outside the training range; bound what t
 STATS_VERSION = 1
 
 
+def statistics_script(log):
+    """The script that computes statistics with or without the signed log."""
+    return "get_fft_statistics_log.py" if log else "get_fft_statistics.py"
+
+
 def check_choice(value, allowed, name):
     if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
 
 
 class Representation(torch.nn.Module):
@@ -55,21 +61,32 @@ class Representation(torch.nn.Module):
     channel_names = ()  # one per channel; statistics keys are "<channel name>_<stat>"
     needs_statistics = True
     extra_channels = 0
-    options = {}  # settings of its own: config key -> default (e.g. blockdct's block size)
+    options = ()  # settings of its own, config keys (e.g. blockdct's "block")
 
-    def __init__(self, target="diff", norm="perfreq_std", crop=64, log=True, stats=None,
-                 norm_gamma=0.5, **options):
+    def __init__(self, crop, log, target=None, norm=None, norm_gamma=None, stats=None,
+                 **options):
+        """crop, log and the class's options say how a window becomes channels; target, norm,
+        norm_gamma and stats how the channels are normalised. A representation made without a
+        target and a norm (representations.make_transform) only transforms: the statistics
+        scripts measure what it encodes, it cannot encode a training pair."""
         super().__init__()
-        check_choice(target, TARGETS, "target")
-        check_choice(norm, NORMS, "norm")
+        if target is not None:
+            check_choice(target, TARGETS, "target")
+        if norm is not None:
+            check_choice(norm, NORMS, "norm")
+        if norm == "partial_std" and norm_gamma is None:
+            raise ConfigError("--norm partial_std needs --norm-gamma")
         self.target, self.norm, self.crop, self.log = target, norm, int(crop), bool(log)
-        self.norm_gamma = float(norm_gamma)
-        unknown = set(options) - set(self.options)
-        if unknown:
-            raise ValueError(f"{self.name} has no option(s) {sorted(unknown)}")
-        self.opts = {**self.options, **options}
+        self.norm_gamma = None if norm_gamma is None else float(norm_gamma)
+        unknown, missing = set(options) - set(self.options), set(self.options) - set(options)
+        if unknown or missing:
+            raise ConfigError(f"the {self.name} representation takes the option(s) "
+                              f"{list(self.options)}, got {sorted(options)}")
+        self.opts = dict(options)
         self.ranges = None  # {"target": (lo, hi), "cond": (lo, hi)}, float64 numpy
         if self.needs_statistics and stats is not None:
+            if target is None or norm is None:
+                raise ConfigError("normalisation statistics need a target and a norm")
             self.ranges = self._ranges(stats)
             for role, (lo, hi) in self.ranges.items():
                 self.register_buffer(f"{role}_lo", torch.from_numpy(np.array(lo)), persistent=False)
@@ -101,12 +118,11 @@ class Representation(torch.nn.Module):
         want, have = self.stats_settings(), stats.get("settings", {})
         diffs = [f"{k}={have.get(k)!r} (need {v!r})" for k, v in want.items() if have.get(k) != v]
         if diffs:
-            script = "get_fft_statistics_log.py" if self.log else "get_fft_statistics.py"
             opts = "".join(f" --{k.replace('_', '-')} {v}" for k, v in self.opts.items())
-            raise ValueError(
+            raise StatisticsError(
                 f"{source}: computed for other settings: {', '.join(diffs)}. Recompute with: "
-                f"python {script} --csv PAIRS.csv --out STATS.json --representation {self.name} "
-                f"--crop {self.crop}{opts}")
+                f"python {statistics_script(self.log)} --csv PAIRS.csv --out STATS.json "
+                f"--representation {self.name} --crop {self.crop}{opts}")
 
     def _ranges(self, stats):
         if "settings" in stats:  # a full statistics file; a checkpoint's state has only ranges
@@ -129,9 +145,10 @@ class Representation(torch.nn.Module):
             if self.norm.startswith("perfreq"):
                 freq = stats.get("per_frequency")
                 if not isinstance(freq, dict):
-                    raise ValueError("per-frequency statistics missing (computed with --crop 0?); "
-                                     "recompute with get_fft_statistics_log.py --crop "
-                                     f"{self.crop}, or use --norm global")
+                    raise StatisticsError(
+                        "per-frequency statistics missing (computed with --crop 0?); recompute "
+                        f"with {statistics_script(self.log)} --crop {self.crop}, or use --norm "
+                        "global")
                 get = lambda stat: np.asarray(freq[f"{part}_{stat}"], np.float64)
             else:
                 get = lambda stat: np.array([stats[part][f"{k}_{stat}"] for k in
@@ -146,8 +163,8 @@ class Representation(torch.nn.Module):
     def _scaled_ranges(self, stats):
         freq = stats.get("per_frequency")
         if not isinstance(freq, dict):
-            raise ValueError(f"--norm {self.norm} needs per-frequency statistics; recompute with "
-                             f"get_fft_statistics_log.py --crop {self.crop}")
+            raise StatisticsError(f"--norm {self.norm} needs per-frequency statistics; recompute "
+                                  f"with {statistics_script(self.log)} --crop {self.crop}")
         ranges = {}
         for role, part in (("target", self.target), ("cond", "rain")):
             mean = np.asarray(freq[f"{part}_mean"], np.float64)
@@ -160,11 +177,11 @@ class Representation(torch.nn.Module):
 
     def _range(self, like, role):
         if self.ranges is None:
-            raise ValueError(f"the {self.name} representation needs statistics: run "
-                             "get_fft_statistics_log.py")
+            raise StatisticsError(f"the {self.name} representation needs statistics: run "
+                                  f"{statistics_script(self.log)}")
         lo, hi = self.ranges[role]
         if lo.shape[-1] > 1 and lo.shape[-2:] != tuple(like.shape[-2:]):
-            raise ValueError(f"per-frequency statistics are for {lo.shape[-1]}x{lo.shape[-2]} "
+            raise StatisticsError(f"per-frequency statistics are for {lo.shape[-1]}x{lo.shape[-2]} "
                              f"coefficients, got {like.shape[-1]}x{like.shape[-2]}")
         if torch.is_tensor(like):  # the buffers, wherever .to() put them (never a host copy)
             return (getattr(self, f"{role}_lo").to(like.dtype),
@@ -184,8 +201,8 @@ class Representation(torch.nn.Module):
     def from_state(cls, s):
         stats = {"ranges": {k: [np.asarray(a) for a in v] for k, v in s["ranges"].items()}} \
             if s.get("ranges") else None
-        return cls(s["target"], s["norm"], s["crop"], s["log"], stats, s.get("norm_gamma", 0.5),
-                   **s.get("options", {}))
+        return cls(s["crop"], s["log"], s["target"], s["norm"], s["norm_gamma"], stats,
+                   **s["options"])
 
 
 class FourierRepresentation(Representation):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from helpers import process as P
+from helpers.errors import ConfigError
 from representations.base import FourierRepresentation
 
 
@@ -32,18 +33,18 @@ class BlockDCT(FourierRepresentation):
     name = "blockdct"
     summary = "b\u00d7b block DCT"
     extra_channels = 0
-    options = {"block": 8}
+    options = ("block",)
 
-    def __init__(self, target="diff", norm="perfreq_std", crop=64, log=True, stats=None,
-                 norm_gamma=0.5, block=8):
+    def __init__(self, crop, log, target=None, norm=None, norm_gamma=None, stats=None, *,
+                 block):
         b = self.block = int(block)
         if b < 2 or int(crop) % b:
-            raise ValueError(f"blockdct: --crop {crop} must be a multiple of --block {b} (>= 2)")
+            raise ConfigError(f"blockdct: --crop {crop} must be a multiple of --block {b} (>= 2)")
         # set before the base class reads the statistics under these names
         self.channel_names = tuple(f"dct{k}_{l}_{c}" for c in "RGB" for k in range(b)
                                    for l in range(b))
         self._d = dct_matrix(b)
-        super().__init__(target, norm, crop, log, stats, norm_gamma, block=b)
+        super().__init__(crop, log, target, norm, norm_gamma, stats, block=b)
 
     def shape(self, h, w):
         return self.channels, h // self.block, w // self.block
@@ -59,7 +60,7 @@ class BlockDCT(FourierRepresentation):
         """(..., 3, H, W) -> (..., 3, b, b, H / b, W / b) block coefficients."""
         b, (h, w) = self.block, image.shape[-2:]
         if h % b or w % b:
-            raise ValueError(f"blockdct: a {w}x{h} window is not a multiple of the block {b}")
+            raise ConfigError(f"blockdct: a {w}x{h} window is not a multiple of the block {b}")
         x = image.reshape(*image.shape[:-2], h // b, b, w // b, b)  # (..., 3, i, u, j, v)
         ein = torch.einsum if P.is_torch(image) else np.einsum
         d = self._dct(image)

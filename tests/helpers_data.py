@@ -2,8 +2,10 @@
 import numpy as np
 from PIL import Image
 
+import representations
+
 from helpers.synth_rain import add_rain
-from preprocess_csv import find_pairs, write_pairs_csv
+from helpers.pairs import find_pairs, write_pairs_csv
 
 
 def smooth_image(rng, h, w):
@@ -28,3 +30,12 @@ def make_pairs(folder, n=6, size=(24, 28), seed=0):
     csv = folder / "pairs.csv"
     write_pairs_csv(find_pairs(folder), csv)
     return csv
+
+
+def make_rep(name, target="diff", norm="perfreq_std", crop=64, log=True, stats=None,
+             norm_gamma=0.5, **options):
+    """representations.make with the values these tests use unless they say otherwise (the
+    library has no defaults: they are launch()'s); blockdct gets blocks of 8."""
+    if "block" in representations.get_class(name).options:
+        options.setdefault("block", 8)
+    return representations.make(name, crop, log, target, norm, norm_gamma, stats, **options)

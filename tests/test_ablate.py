@@ -7,6 +7,12 @@ import pytest
 import ablate
 
 
+def ablate_seed(index):
+    """The seed derain_items gives image `index` of a list (ablate evaluates with seed 0)."""
+    from sampling import image_seed
+    return image_seed(0, index)
+
+
 def _rows(path):
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -23,10 +29,23 @@ def test_a_study_trains_scores_and_resumes_without_redoing_anything(shared_data,
     assert [(r["variant"], r["seed"], r["train_steps"], r["sample_steps"], r["pairs"])
             for r in rows] == [("regression", "0", "2", "1", "1"),
                                ("trunk_bridge", "0", "2", "1", "1")]
-    for r in rows:  # one pair of each set, scored against its own rainy input
+    # each number is the one evaluation path's: the run's checkpoint derains the set's first
+    # pair through sampling.py and helpers/metrics.py scores it, here independently of ablate
+    from checkpoint import load_derainer
+    from helpers.images import read_rgb
+    from helpers.metrics import score_pair
+    from helpers.pairs import read_pairs
+    from training.data import preset_dir
+    for r in rows:
+        derainer, _ = load_derainer(study / r["variant"] / "seed0", sample_steps=1)
         for s in ablate.SETS:
-            assert 5 < float(r[f"{s}_psnr_y"]) < 60 and 0 < float(r[f"{s}_ssim_y"]) <= 1
-            assert float(r[f"{s}_input_psnr_y"]) == float(rows[0][f"{s}_input_psnr_y"])
+            clean, rain = read_pairs(preset_dir("rain100") / f"val_{s}.csv")[0]
+            ours = score_pair(derainer(read_rgb(rain), seed=ablate_seed(0)), read_rgb(clean))
+            base = score_pair(read_rgb(rain), read_rgb(clean))
+            assert float(r[f"{s}_psnr_y"]) == pytest.approx(ours["psnr_y"], abs=1e-4)
+            assert float(r[f"{s}_ssim_y"]) == pytest.approx(ours["ssim_y"], abs=1e-4)
+            assert float(r[f"{s}_input_psnr_y"]) == pytest.approx(base["psnr_y"], abs=1e-4)
+    assert rows[0]["Rain100L_psnr_y"] != rows[1]["Rain100L_psnr_y"]  # two different models
     assert (study / "regression" / "seed0" / "ckpt_00000002.pt").exists()
     assert not (study / "results.png").exists()  # subset rows are kept out of the chart
     capsys.readouterr()
@@ -130,8 +149,8 @@ def test_launch_defaults_train_the_study_s_default_variant(capsys):
     assert {k: (cfg[k], defaults[k]) for k in keys
             if k not in ignored and cfg[k] != defaults[k]} == {}
     from diffusion import make_process
-    assert make_process(cfg).prediction == make_process(defaults).prediction == "x0"
-    assert make_process(cfg).end == make_process(defaults).end
+    assert make_process(cfg, None).prediction == make_process(defaults, None).prediction == "x0"
+    assert make_process(cfg, None).end == make_process(defaults, None).end
     assert ablate.main(["--list"]) == 0
     assert f"{ablate.DEFAULT} " in next(ln for ln in capsys.readouterr().out.splitlines()
                                        if "launch()'s default" in ln)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import representations
-from helpers.statistics import compute_statistics, load_statistics
+from representations.statistics import compute_statistics, load_statistics
 from tests.conftest import REPO
-from tests.helpers_data import make_pairs
+from tests.helpers_data import make_pairs, make_rep
 from utils import FFTDataset, StreamSampler, get_data
 
 FOURIER = representations.names(statistics_only=True)
@@ -58,11 +58,11 @@ def test_statistics_scripts_write_every_original_key(pairs_csv, tmp_path):
 
 def test_statistics_match_a_direct_computation(pairs_csv, tmp_path):
     # per-channel max/mean over every 16x16 window and its mirror, computed independently
-    stats, freq, errors = compute_statistics(pairs_csv, "realimag", 16, True, workers=1,
+    stats, freq, errors = compute_statistics(pairs_csv, "realimag", 16, True, 1, {},
                                              progress=False)
     from helpers import process as P
-    from helpers.statistics import load_pair, read_pairs
-    from sampling import window_starts
+    from helpers.pairs import load_pair, read_pairs
+    from helpers.tiling import window_starts
     vals = []
     for c_path, r_path in read_pairs(pairs_csv):
         clean, rain = load_pair(c_path, r_path)
@@ -82,7 +82,7 @@ def test_statistics_match_a_direct_computation(pairs_csv, tmp_path):
 
 
 def _rep(stats, name="realimag", target="diff", norm="perfreq_std", crop=16):
-    return representations.make(name, target, norm, crop, True, load_statistics(stats))
+    return make_rep(name, target, norm, crop, True, load_statistics(stats))
 
 
 def test_dataset_yields_finite_normalised_tensors(pairs_csv, tmp_path):
@@ -125,7 +125,7 @@ def test_representation_refuses_statistics_of_other_settings(pairs_csv, tmp_path
     with pytest.raises(ValueError, match="crop=16 .need 24."):
         _rep(stats, "magphase", crop=24)
     with pytest.raises(ValueError, match="log=True .need False.*get_fft_statistics.py"):
-        representations.make("magphase", crop=16, log=False, stats=load_statistics(stats))
+        make_rep("magphase", crop=16, log=False, stats=load_statistics(stats))
     with pytest.raises(ValueError, match="not a statistics file"):
         bad = tmp_path / "bad.json"
         bad.write_text('{"a": 1}')
@@ -133,7 +133,7 @@ def test_representation_refuses_statistics_of_other_settings(pairs_csv, tmp_path
 
 
 def test_pixel_representation_needs_no_statistics(pairs_csv):
-    item = FFTDataset(pairs_csv, representations.make("pixels", crop=16))[1]
+    item = FFTDataset(pairs_csv, make_rep("pixels", crop=16))[1]
     assert item["target"].shape == (3, 16, 16)
     assert item["cond"].min() >= -1 and item["cond"].max() <= 1
 

@@ -6,17 +6,19 @@ import torch
 import representations
 from diffusion import Diffusion
 from helpers import process as P
-from sampling import OVERLAP, Derainer, window_starts, window_weight
+from helpers.tiling import OVERLAP, window_starts, window_weight
+from sampling import Derainer
+from tests.helpers_data import make_rep
 
 
 def _rep(crop, name="realimag"):
     # ranges wide enough for anything; what matters here is that they are applied exactly
-    rep = representations.make(name, "diff", "perfreq", crop)
+    rep = make_rep(name, "diff", "perfreq", crop)
     if not rep.needs_statistics:
         return rep
     lo = np.full(rep.shape(crop, crop), -8.0)
     hi = np.full(rep.shape(crop, crop), 8.0)
-    return representations.make(name, "diff", "perfreq", crop,
+    return make_rep(name, "diff", "perfreq", crop,
                                 stats={"ranges": {"target": (lo, hi), "cond": (lo, hi)}})
 
 
@@ -47,7 +49,7 @@ def test_identity_model_gives_back_the_input_without_seams(h, w, representation)
     crop = 16
     rep = _rep(crop, representation)
     rain = np.random.default_rng(h * w).random((3, h, w))
-    d = Diffusion(1000, prediction="x0")
+    d = Diffusion(1000, "cosine", "x0")
     for coupled in (False, True):
         out = derain_array(ZeroDiff(rep), rep, d, rain, steps=3, batch_size=5, seed=0,
                            coupled=coupled)
@@ -82,7 +84,7 @@ def test_blending_is_smooth_across_window_borders():
             offs = torch.arange(x.shape[0], dtype=x.dtype).view(-1, 1, 1, 1) % 3 * 0.1
             return torch.zeros_like(x) + offs
 
-    out = derain_array(PerWindowOffset(), rep, Diffusion(prediction="x0"), rain, steps=1,
+    out = derain_array(PerWindowOffset(), rep, Diffusion(1000, "cosine", "x0"), rain, steps=1,
                        batch_size=64)
     jumps = np.abs(np.diff(out, axis=-1)).max()
     assert jumps < 0.05  # windows differ by up to 0.2; the blend spreads that over 8 pixels
@@ -103,7 +105,7 @@ def test_the_output_does_not_depend_on_the_batch_size(sampler, eta):
             return self.w * x + 0.01 * cond
 
     rain = np.random.default_rng(0).random((3, 40, 30))
-    d = Diffusion(1000, prediction="eps")
+    d = Diffusion(1000, "cosine", "eps")
     outs = [derain_array(NoiseDependent(), rep, d, rain, steps=4, batch_size=b, seed=5,
                          eta=eta, sampler=sampler) for b in (1, 4, 64)]
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
@@ -125,7 +127,7 @@ class CountingNoiseDependent(torch.nn.Module):
 
 
 def test_coupled_windows_are_sampled_together_and_agree_at_every_step():
-    rep, d = _rep(16), Diffusion(1000, prediction="eps")
+    rep, d = _rep(16), Diffusion(1000, "cosine", "eps")
     rain = np.random.default_rng(0).random((3, 40, 30))
     n_windows = len(window_starts(40, 16, OVERLAP)) * len(window_starts(30, 16, OVERLAP))
     # one step: blending the x0 estimates is what independent windows get at the end anyway

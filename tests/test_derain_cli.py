@@ -15,9 +15,10 @@ from PIL import Image
 import derain
 import representations
 from diffusion import Diffusion
-from sampling import Derainer, count_windows
+from helpers.tiling import count_windows
+from sampling import Derainer
 from tests.conftest import REPO, digest
-from tests.helpers_data import make_pairs, smooth_image
+from tests.helpers_data import make_pairs, make_rep, smooth_image
 from tests.test_training import TINY
 
 FAST = ["--steps", "2", "--quiet"]
@@ -199,13 +200,13 @@ class IdentityX0(torch.nn.Module):
 def test_large_image_with_a_fake_model_keeps_memory_bounded(tmp_path, capsys, monkeypatch):
     crop, batch, h, w, ensemble = 16, 64, 200, 300, 4
     model = IdentityX0()
-    rep = representations.make("pixels", crop=crop)
+    rep = make_rep("pixels", crop=crop)
 
     def fake(path, device="cpu", ema=True, **overrides):
         settings = dict(sampler="ddim", sample_steps=2, eta=0.0, guidance=1.0, clip_x0=0.0,
                         ensemble=1, sample_batch=32)
         settings.update({k: v for k, v in overrides.items() if v is not None})
-        return Derainer(model, rep, Diffusion(1000, prediction="x0"), settings, device), {}
+        return Derainer(model, rep, Diffusion(1000, "cosine", "x0"), settings, device), {}
     monkeypatch.setattr(derain, "load_derainer", fake)
     img = _save(tmp_path / "big.png", (h, w))
     windows = count_windows(h, w, crop, ensemble)

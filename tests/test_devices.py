@@ -21,6 +21,10 @@ from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError, FakeTen
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ddpm_conditional as D
+import checkpoint as C
+from utils import get_data
+from training.parts import Parts
+from training.distributed import Distributed
 import helpers.seeding as seeding
 import representations
 from diffusion import make_process
@@ -213,7 +217,7 @@ def _trainer(pairs, run_dir, *extra):
             str(run_dir), "--eval-points", "0", "--final-eval", "false", "--minutes", "0",
             "--warmup-steps", "2", "--threads", "1", "--ckpt-every", "0", *extra]
     cfg, _ = D.resolve_config(args)
-    return D.setup(cfg, D.Distributed("cpu"), log=lambda m: None)
+    return D.setup(cfg, Distributed("cpu"), log=lambda m: None)
 
 
 def test_the_training_step_reads_nothing_back_and_makes_nothing_from_numpy(pairs, tmp_path,
@@ -229,7 +233,7 @@ def test_the_training_step_reads_nothing_back_and_makes_nothing_from_numpy(pairs
 
 
 def get_data_batches(trainer, n):
-    stream = iter(D.get_data(trainer.cfg, trainer.parts.rep, train=True, seed=0))
+    stream = iter(get_data(trainer.cfg, trainer.parts.rep, train=True, seed=0))
     return [next(stream) for _ in range(n)]
 
 
@@ -259,7 +263,7 @@ def one_gpu(monkeypatch):
 
 
 def test_auto_resolves_to_an_indexed_cuda_device(one_gpu, monkeypatch):
-    env = D.Distributed("auto")
+    env = Distributed("auto")
     assert env.device == torch.device("cuda", 0) and not env.ddp
     assert len(one_gpu) == 1 and torch.device(one_gpu[0]).index == 0  # set_device(cuda:0)
     assert resolve_device("cuda") == torch.device("cuda", 0)
@@ -304,12 +308,12 @@ def test_resume_on_a_device_keeps_the_rng_states_on_the_cpu(pairs, tmp_path):
     run_dir = tmp_path / "run"
     trainer = _trainer(pairs, run_dir, "--max-steps", "2")
     assert trainer.train() == 0
-    saved = D.load_checkpoint(D.ckpt_paths(run_dir)[-1])
+    saved = C.load_checkpoint(C.ckpt_paths(run_dir)[-1])
     torch.manual_seed(123)  # something else than the saved state
     cfg = {**json.loads((run_dir / "config.json").read_text()), "resume": "auto"}
-    env = D.Distributed("cpu")
+    env = Distributed("cpu")
     env.device = torch.device("meta")
-    parts = D.Parts(cfg, env)
+    parts = Parts(cfg, env)
     resumed = D.Trainer(cfg, env, parts, log=lambda m: None)
     assert resumed.step == 2
     assert torch.equal(torch.get_rng_state(), saved["rng"][0]["torch"])

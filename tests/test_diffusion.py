@@ -9,7 +9,7 @@ from diffusion import (Diffusion, _timesteps, cosine_beta_schedule, ddim_sample,
 
 
 def test_schedules_pin_known_values():
-    d = Diffusion(1000, "cosine")
+    d = Diffusion(1000, "cosine", "v")
     abar = d.alphas_cumprod
     assert abar[0].item() == pytest.approx(0.99996, abs=1e-5)
     # abar after 500 of 1000 steps: cos^2((0.5 + s)/(1 + s) pi/2) / cos^2(s/(1 + s) pi/2), s=0.008
@@ -51,7 +51,7 @@ class Oracle(torch.nn.Module):
 def test_ddim_with_an_oracle_returns_its_answer(prediction, steps):
     d = Diffusion(1000, "cosine", prediction)
     x0 = torch.rand(2, 6, 8, 8, dtype=torch.float64) * 2 - 1
-    out = ddim_sample(Oracle(d, x0), torch.zeros_like(x0), d, steps=steps,
+    out = ddim_sample(Oracle(d, x0), torch.zeros_like(x0), d, steps, 0.0, 1.0,
                       generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=1e-5)
 
@@ -59,15 +59,16 @@ def test_ddim_with_an_oracle_returns_its_answer(prediction, steps):
 def test_ddpm_with_an_oracle_returns_its_answer_and_is_seeded():
     d = Diffusion(1000, "linear", "eps")
     x0 = torch.rand(1, 6, 4, 4, dtype=torch.float64)
-    a = ddpm_sample(Oracle(d, x0), torch.zeros_like(x0), d, generator=torch.Generator().manual_seed(3))
+    a = ddpm_sample(Oracle(d, x0), torch.zeros_like(x0), d, 1000, 1.0,
+                    generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, x0, atol=1e-5, rtol=1e-5)
-    b = ddpm_sample(Oracle(d, x0), torch.zeros_like(x0), d, steps=25,
+    b = ddpm_sample(Oracle(d, x0), torch.zeros_like(x0), d, 25, 1.0,
                     generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(b, x0, atol=1e-5, rtol=1e-5)
 
 
 def test_timesteps_and_call_counts():
-    d = Diffusion(1000)
+    d = Diffusion(1000, "cosine", "v")
     assert _timesteps(d, 20)[0] == 999 and _timesteps(d, 20)[-1] == 0
     assert len(_timesteps(d, 20)) == 20 and len(_timesteps(d, 5000)) == 1000
     calls = []
@@ -76,28 +77,28 @@ def test_timesteps_and_call_counts():
         calls.append(x.shape[0])
         return torch.zeros_like(x)
     c = torch.zeros(3, 6, 4, 4)
-    ddim_sample(net, c, d, steps=7)
+    ddim_sample(net, c, d, 7, 0.0, 1.0)
     assert calls == [3] * 7  # guidance 1: one pass per step
     calls.clear()
-    ddim_sample(net, c, d, steps=7, guidance=2.0)
+    ddim_sample(net, c, d, 7, 0.0, 2.0)
     assert calls == [6] * 7  # conditional and unconditional in one doubled batch
 
 
 def test_guidance_combines_conditional_and_unconditional():
-    d = Diffusion(1000, prediction="x0")
+    d = Diffusion(1000, "cosine", "x0")
 
     def net(x, t, c):  # x0 prediction = 1 with condition, 0 without
         return (c.abs().sum(dim=(1, 2, 3), keepdim=True) > 0).to(x.dtype).expand_as(x)
     c = torch.ones(1, 6, 4, 4)
-    out = ddim_sample(net, c, d, steps=1, guidance=3.0)
+    out = ddim_sample(net, c, d, 1, 0.0, 3.0)
     torch.testing.assert_close(out, torch.full_like(out, 3.0))
 
 
 def test_unknown_settings_are_refused():
     with pytest.raises(ValueError, match="prediction"):
-        Diffusion(prediction="score")
+        Diffusion(1000, "cosine", "score")
     with pytest.raises(ValueError, match="schedule"):
-        Diffusion(schedule="sigmoid")
+        Diffusion(1000, "sigmoid", "v")
 
 
 # ---------------------------------------------------------------- Gaussian data: exact samplers
@@ -132,10 +133,10 @@ def test_ddim_follows_the_probability_flow_of_gaussian_data(prediction, schedule
                       dtype=torch.float64)
     a_T = d.alphas_cumprod[-1].item()
     z_T = (x_T - a_T ** 0.5 * MU) / (a_T * S ** 2 + 1 - a_T) ** 0.5
-    out = ddim_sample(GaussianDenoiser(d), torch.zeros_like(x_T), d, steps=1000, x_T=x_T)
+    out = ddim_sample(GaussianDenoiser(d), torch.zeros_like(x_T), d, 1000, 0.0, 1.0, x_T=x_T)
     torch.testing.assert_close(out, MU + S * z_T, atol=0.01, rtol=0)
     # with fewer steps the map is still linear and close to it
-    out = ddim_sample(GaussianDenoiser(d), torch.zeros_like(x_T), d, steps=100, x_T=x_T)
+    out = ddim_sample(GaussianDenoiser(d), torch.zeros_like(x_T), d, 100, 0.0, 1.0, x_T=x_T)
     assert (out - (MU + S * z_T)).abs().max() < 0.15 * S
 
 
@@ -148,13 +149,13 @@ def test_ancestral_samples_of_gaussian_data_have_its_distribution(sampler, predi
     cond = torch.zeros(256, 1, 8, 8, dtype=torch.float64)  # 16,384 independent samples
     g = torch.Generator().manual_seed(1)
     net = GaussianDenoiser(d)
-    out = ddpm_sample(net, cond, d, generator=g) if sampler == "ddpm" else \
-        ddim_sample(net, cond, d, steps=1000, eta=1.0, generator=g)
+    out = ddpm_sample(net, cond, d, 1000, 1.0, generator=g) if sampler == "ddpm" else \
+        ddim_sample(net, cond, d, 1000, 1.0, 1.0, generator=g)
     assert abs(out.mean().item() - MU) < 0.02
     assert abs(out.std().item() / S - 1) < 0.02
     # and the samples are not the deterministic map of the initial noise: fresh noise each step
-    again = ddpm_sample(net, cond, d, generator=torch.Generator().manual_seed(2)) \
-        if sampler == "ddpm" else ddim_sample(net, cond, d, steps=1000, eta=1.0,
+    again = ddpm_sample(net, cond, d, 1000, 1.0, generator=torch.Generator().manual_seed(2)) \
+        if sampler == "ddpm" else ddim_sample(net, cond, d, 1000, 1.0, 1.0,
                                               generator=torch.Generator().manual_seed(2))
     assert (out - again).abs().mean() > 0.1 * S
 
@@ -175,9 +176,9 @@ def test_every_step_of_gaussian_data_has_the_right_conditional_law(sampler, pred
     cond = torch.zeros(256, 1, 8, 8, dtype=torch.float64)  # 16,384 independent samples
     g = torch.Generator().manual_seed(3)
     if sampler == "ddpm":
-        ddpm_sample(net, cond, d, steps=10, generator=g)
+        ddpm_sample(net, cond, d, 10, 1.0, generator=g)
     else:
-        ddim_sample(net, cond, d, steps=10, eta=1.0 if sampler == "ddim_eta1" else 0.0,
+        ddim_sample(net, cond, d, 10, 1.0 if sampler == "ddim_eta1" else 0.0, 1.0,
                     generator=g)
     abar = d.alphas_cumprod
     assert len(net.states) == 10
@@ -207,7 +208,7 @@ def test_every_step_of_gaussian_data_has_the_right_conditional_law(sampler, pred
 # ---------------------------------------------------------------- bridge and regression
 def test_bridge_runs_from_the_rainy_input_to_the_target():
     from diffusion import Bridge
-    b = Bridge(1000, noise=0.1)
+    b = Bridge(1000, noise=0.1, end=0.0)
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(4, 6, 8, 8, generator=g, dtype=torch.float64)
     start = torch.randn(4, 6, 8, 8, generator=g, dtype=torch.float64)
@@ -222,7 +223,7 @@ def test_bridge_runs_from_the_rainy_input_to_the_target():
         def forward(self, x, t, cond):
             seen.append(x.clone())
             return x0
-    out = b.sample(Oracle(), torch.zeros_like(x0), start=start, steps=4)
+    out = b.sample(Oracle(), torch.zeros_like(x0), start, "ddim", 4, 0.0, 1.0)
     torch.testing.assert_close(out, x0)
     assert len(seen) == 4 and torch.equal(seen[0], start)  # it starts at the rainy input
     # with an exact x0 the deterministic path is the straight line from start to x0
@@ -234,24 +235,24 @@ def test_bridge_runs_from_the_rainy_input_to_the_target():
 def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
     from diffusion import Bridge, make_process
     x0 = torch.zeros(4000, 1, 2, 2)
-    base_t, base_noise = Bridge(1000).draw(x0, torch.Generator().manual_seed(3))
-    t, noise = Bridge(1000, end=0.25).draw(x0, torch.Generator().manual_seed(3))
+    base_t, base_noise = Bridge(1000, 0.1, 0.0).draw(x0, torch.Generator().manual_seed(3))
+    t, noise = Bridge(1000, 0.1, 0.25).draw(x0, torch.Generator().manual_seed(3))
     assert torch.equal(noise, base_noise)  # the same noise; only t changes
     moved = t != base_t
     assert torch.equal(t[moved], torch.full_like(t[moved], 999))
     frac = (t == 999).double().mean().item()  # 0.25 + 0.75 / 1000 expected
     assert abs(frac - 0.25075) < 4 * (0.25 * 0.75 / 4000) ** 0.5
     # the share the process reports (helpers/loss_by_t.py prints it) is the one it draws
-    for b, tt in ((Bridge(1000, end=0.25), t), (Bridge(1000), base_t)):
+    for b, tt in ((Bridge(1000, 0.1, 0.25), t), (Bridge(1000, 0.1, 0.0), base_t)):
         for at in (999, 900, 500, 0):
             share = (tt >= at).double().mean().item()
             assert abs(b.share_at_or_above(at) - share) < 4 * (0.25 / 4000) ** 0.5
-    assert Bridge(1000, end=0.25).share_at_or_above(999) == pytest.approx(0.25075)
-    assert Bridge(1000, end=0.25).share_at_or_above(0) == 1.0
+    assert Bridge(1000, 0.1, 0.25).share_at_or_above(999) == pytest.approx(0.25075)
+    assert Bridge(1000, 0.1, 0.25).share_at_or_above(0) == 1.0
     # per-sample generators (the training loop's): a sample's draw does not depend on its batch
     from helpers.seeding import SampleGenerators
-    t6, n6 = Bridge(1000, end=0.5).draw(x0[:6], SampleGenerators(range(6), "cpu"))
-    t3, n3 = Bridge(1000, end=0.5).draw(x0[:3], SampleGenerators(range(3), "cpu"))
+    t6, n6 = Bridge(1000, 0.1, 0.5).draw(x0[:6], SampleGenerators(range(6), "cpu"))
+    t3, n3 = Bridge(1000, 0.1, 0.5).draw(x0[:3], SampleGenerators(range(3), "cpu"))
     assert torch.equal(t6[:3], t3) and torch.equal(n6[:3], n3)
     # and sample i's draws are those of a generator seeded with its seed, in the order t, noise,
     # the end's uniform draw
@@ -261,23 +262,24 @@ def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
     u_4 = torch.rand(1, generator=g)
     assert torch.equal(n6[4], noise_4)
     assert t6[4] == (999 if u_4 < 0.5 else t_4)
-    cfg = {"process": "bridge", "timesteps": 1000, "bridge_end": 0.3}
-    assert make_process(cfg).end == 0.3 and make_process({**cfg, "bridge_end": 0.0}).end == 0
+    cfg = {"process": "bridge", "timesteps": 1000, "bridge_noise": 0.1, "bridge_end": 0.3}
+    assert make_process(cfg, None).end == 0.3
+    assert make_process({**cfg, "bridge_end": 0.0}, None).end == 0
     with pytest.raises(ValueError, match="bridge-end"):
-        Bridge(1000, end=1.5)
+        Bridge(1000, 0.1, 1.5)
 
 
 def test_bridge_noiseless_x0_inverts_a_noise_free_state_and_refuses_the_rainy_end():
     from diffusion import Bridge
     g = torch.Generator().manual_seed(0)
     x0, start = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
-    b = Bridge(100, noise=0.0)
+    b = Bridge(100, noise=0.0, end=0.0)
     t = torch.tensor([0, 50, 98])
     x_t = b.train_input(x0, start, t, torch.randn(x0.shape, generator=g))
     torch.testing.assert_close(b.noiseless_x0(x_t, start, t), x0)
     assert torch.equal(b.start_weight(t, x0).flatten(), (t + 1) / 100)
     assert b.noiseless_x0(x_t, start, torch.tensor([0, 50, 99])) is None  # x_{T-1} = start
-    noisy = Bridge(100, noise=0.1)  # with noise the inversion is off by sigma / (1 - s) eps
+    noisy = Bridge(100, noise=0.1, end=0.0)  # with noise the inversion is off by sigma / (1 - s) eps
     x_t = noisy.train_input(x0, start, t, torch.ones_like(x0))
     err = noisy.noiseless_x0(x_t, start, t) - x0
     s = (t + 1).double() / 100
@@ -293,7 +295,7 @@ def test_regression_is_one_pass_from_the_rainy_input():
         calls.append((x, t))
         return x + 1
     start = torch.zeros(2, 6, 4, 4)
-    out = Regression().sample(net, torch.zeros_like(start), start=start, steps=20)
+    out = Regression().sample(net, torch.zeros_like(start), start, "ddim", 20, 0.0, 1.0)
     assert len(calls) == 1 and torch.equal(calls[0][1], torch.zeros(2, dtype=torch.long))
     torch.testing.assert_close(out, start + 1)
 
@@ -303,7 +305,7 @@ def test_a_frequency_schedule_noises_low_frequencies_last():
 
     import representations
     from diffusion import frequency_exponent
-    rep = representations.make("realimag", crop=16)
+    rep = representations.make_transform("realimag", 16, True)
     exp = frequency_exponent(rep, 0.5)
     assert exp.shape == (1, 16, 16) and exp[0, 8, 8] == 0.5 and exp.max() <= 1
     d = Diffusion(1000, "cosine", "x0", exponent=exp)
@@ -313,8 +315,8 @@ def test_a_frequency_schedule_noises_low_frequencies_last():
     plain = Diffusion(1000, "cosine", "x0")._abar(torch.tensor([500]), x0).item()
     assert a[0, 0, 8, 8].item() == pytest.approx(plain ** 0.5)
     # the samplers work elementwise: the oracle still gives its answer back
-    out = ddim_sample(Oracle(d, x0), torch.zeros_like(x0), d, steps=5)
+    out = ddim_sample(Oracle(d, x0), torch.zeros_like(x0), d, 5, 0.0, 1.0)
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="frequency coordinates"):
-        frequency_exponent(representations.make("pixels", crop=16), 0.5)
+        frequency_exponent(representations.make_transform("pixels", 16, False), 0.5)
     assert np.isfinite(exp.numpy()).all()

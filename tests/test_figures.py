@@ -11,11 +11,12 @@ from PIL import Image
 
 import checkpoint as C
 import ddpm_conditional as D
+from training.distributed import Distributed
 import diffusion
 import helpers.figures as HF
 import make_figures as MF
 import representations
-from helpers import draw_pipeline as DP
+from tools import draw_pipeline as DP
 from helpers import process as P
 from representations import base as RB
 from tests.conftest import REPO
@@ -155,7 +156,7 @@ def tiny(tmp_path_factory):
     csv = make_pairs(folder / "pairs", n=4, size=(24, 28))
     cfg, _ = D.resolve_config(_args(csv, folder / "run", "--max-steps", "2", "--ckpt-every",
                                     "0"))
-    trainer = D.setup(cfg, D.Distributed("cpu"), log=lambda m: None)
+    trainer = D.setup(cfg, Distributed("cpu"), log=lambda m: None)
     assert trainer.train() == 0
     return {"csv": csv, "ckpt": C.ckpt_paths(folder / "run")[-1], "run": folder / "run"}
 
@@ -221,8 +222,13 @@ def test_speed_figure_from_json_and_csv(tmp_path, capsys, monkeypatch):
     cs.write_text("sampler,steps,seconds_per_image,psnr_y\n"
                   + "".join(f"{r['sampler']},{r['steps']},{r['seconds_per_image']},"
                             f"{r['psnr_y']}\n" for r in rows))
-    assert MF.read_speed_rows(js) == MF.read_speed_rows(js)
-    assert [r["steps"] for r in MF.read_speed_rows(cs)] == [r["steps"] for r in rows]
+    for src in (js, cs):  # both formats give the rows back, with their numbers
+        got = MF.read_speed_rows(src)
+        assert [(r["sampler"], int(r["steps"])) for r in got] == \
+            [(r["sampler"], r["steps"]) for r in rows]
+        assert [float(r["psnr_y"]) for r in got] == pytest.approx([r["psnr_y"] for r in rows])
+        assert [float(r["seconds_per_image"]) for r in got] == \
+            pytest.approx([r["seconds_per_image"] for r in rows])
     for src in (js, cs):
         out = tmp_path / src.suffix[1:]
         assert MF.main(["--speed", str(src), "--out", str(out), "--pipeline", "",

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import ddpm_conditional as D
+from training.distributed import Distributed
 from checkpoint import ckpt_paths, load_checkpoint, load_derainer
 from sampling import derain_items, pairs_items
 from tests.helpers_data import make_pairs
@@ -26,7 +27,35 @@ LEVERS = {
     "blockdct": ["--representation", "blockdct", "--block", "4"],
     "mix_loss": ["--loss", "mix", "--loss-mix", "0.3"],
     "coupled": ["--coupled", "true", "--sample-steps", "3"],
-    "freq_schedule": ["--freq-schedule", "0.5"],
+    "freq_schedule": ["--process", "diffusion", "--network", "unet", "--freq-schedule", "0.5"],
+}
+
+
+def _span(rep):
+    lo, hi = rep.ranges["target"]
+    return (hi - lo) / 4
+
+
+# What each lever changes in the objects a checkpoint rebuilds (or, for a loss, in training).
+HONOURED = {
+    "pixel_trunk": lambda tr, d: type(d.model).__name__ == "PixelTrunk",
+    "ffc": lambda tr, d: any(type(m).__name__ == "FourierUnit" for m in d.model.modules()),
+    "bridge": lambda tr, d: d.diffusion.name == "bridge" and d.settings["sample_steps"] == 3,
+    "bridge_end": lambda tr, d: d.diffusion.name == "bridge" and d.diffusion.end == 0.25,
+    "regression": lambda tr, d: d.diffusion.name == "regression" and d.rep.name == "pixels",
+    "pixel_bridge": lambda tr, d: d.diffusion.end == 0.5 and d.rep.name == "pixels",
+    "fourier_regression": lambda tr, d: d.diffusion.name == "regression" and
+    type(d.model).__name__ == "PixelTrunk" and d.rep.name == "realimag",
+    "scalar_std": lambda tr, d: np.ptp(_span(d.rep)) < 1e-9 * _span(d.rep).max(),
+    "partial_std": lambda tr, d: d.rep.norm == "partial_std" and d.rep.norm_gamma == 0.25
+    and np.ptp(_span(d.rep)) > 0,
+    "linear": lambda tr, d: not d.rep.log,
+    "blockdct": lambda tr, d: d.rep.name == "blockdct" and d.rep.shape(16, 16) == (48, 4, 4),
+    "mix_loss": lambda tr, d: type(tr.parts.loss).__name__ == "MixLoss" and
+    tr.parts.loss.mix == 0.3,
+    "coupled": lambda tr, d: d.settings["coupled"] and d.settings["sample_steps"] == 3,
+    "freq_schedule": lambda tr, d: d.diffusion.exponent is not None and
+    float(d.diffusion.exponent.min()) == 0.5,
 }
 
 
@@ -35,12 +64,16 @@ def pairs(tmp_path_factory):
     return make_pairs(tmp_path_factory.mktemp("levers"), n=3, size=(24, 28))
 
 
+def test_every_lever_has_its_check():
+    assert set(HONOURED) == set(LEVERS)
+
+
 @pytest.mark.parametrize("lever", sorted(LEVERS))
 def test_lever_trains_and_derains(lever, pairs, tmp_path):
     torch.set_num_threads(1)
     cfg, _ = D.resolve_config(_args(pairs, tmp_path / "run", "--max-steps", "2",
                                     "--ckpt-every", "0", *LEVERS[lever]))
-    trainer = D.setup(cfg, D.Distributed("cpu"), log=lambda m: None)
+    trainer = D.setup(cfg, Distributed("cpu"), log=lambda m: None)
     assert trainer.train() == 0
     ckpt = load_checkpoint(ckpt_paths(tmp_path / "run")[-1])
     flags = LEVERS[lever]
@@ -48,7 +81,9 @@ def test_lever_trains_and_derains(lever, pairs, tmp_path):
         key = flag[2:].replace("-", "_")
         assert str(ckpt["config"][key]).lower() == value.lower(), key
     derainer, _ = load_derainer(ckpt["path"])
+    assert HONOURED[lever](trainer, derainer)  # ...and what it rebuilds is that lever
     report = derain_items(derainer, pairs_items(pairs), out_dir=tmp_path / "out", score=True,
                           progress=False)
     assert report.n_done == 3 and not report.failed and len(report.rows) == 3
-    assert all(np.isfinite(r["psnr_y"]) for r in report.rows)
+    for r in report.rows:  # derained through the one path: a changed, finite image
+        assert np.isfinite(r["psnr_y"]) and r["psnr_y"] != r["input_psnr_y"]

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import ddpm_conditional as D
-from helpers import loss_by_t
+from training.distributed import Distributed
+from tools import loss_by_t
 from tests.helpers_data import make_pairs
 from tests.test_training import _args
 
@@ -12,7 +13,7 @@ def _train(pairs, run_dir, *flags):
     torch.set_num_threads(1)
     cfg, _ = D.resolve_config(_args(pairs, run_dir, "--max-steps", "2", "--ckpt-every", "0",
                                     *flags))
-    assert D.setup(cfg, D.Distributed("cpu"), log=lambda m: None).train() == 0
+    assert D.setup(cfg, Distributed("cpu"), log=lambda m: None).train() == 0
 
 
 @pytest.fixture(scope="module")

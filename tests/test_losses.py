@@ -6,17 +6,18 @@ import torch
 import representations
 from diffusion import Diffusion
 from losses import IMAGE_UNIT, LOSSES, ImageLoss, MixLoss, ModelLoss, make_loss
+from tests.helpers_data import make_rep
 
 
 def _rep(crop=8, name="realimag", log=True):
-    rep = representations.make(name, "diff", "perfreq_std", crop, log)
+    rep = make_rep(name, "diff", "perfreq_std", crop, log)
     if not rep.needs_statistics:
         return rep
     shape = rep.shape(crop, crop)
     rng = np.random.default_rng(0)
     lo = -1 - rng.random(shape)
     hi = 1 + rng.random(shape)
-    return representations.make(name, "diff", "perfreq_std", crop, log,
+    return make_rep(name, "diff", "perfreq_std", crop, log,
                                 {"ranges": {"target": (lo, hi), "cond": (lo, hi)}})
 
 
@@ -44,10 +45,10 @@ class Fixed(torch.nn.Module):
 
 
 def test_model_loss_is_the_mse_of_the_prediction_target():
-    rep, d = _rep(), Diffusion(1000, prediction="v")
+    rep, d = _rep(), Diffusion(1000, "cosine", "v")
     batch = _batch(rep)
     net = Fixed(batch["target"].shape)
-    loss = ModelLoss(d, rep)(net, batch, torch.Generator().manual_seed(5))
+    loss = ModelLoss(d, rep, 0.0, 0)(net, batch, torch.Generator().manual_seed(5))
     # the same draws, in the documented order: t, then the noise
     g = torch.Generator().manual_seed(5)
     t = torch.randint(0, 1000, (4,), generator=g)
@@ -59,15 +60,15 @@ def test_model_loss_is_the_mse_of_the_prediction_target():
 
 @pytest.mark.parametrize("name", representations.names())
 def test_image_loss_measures_the_decoded_x0_estimate_against_the_clean_window(name):
-    rep, d = _rep(name=name), Diffusion(1000, prediction="x0")
+    rep, d = _rep(name=name), Diffusion(1000, "cosine", "x0")
     batch = _batch(rep)
     # a perfect x0 prediction costs nothing in image space...
     exact = Fixed(batch["target"].shape)
     exact.out.data = batch["target"].clone()
-    assert ImageLoss(d, rep)(exact, batch).max() < 1e-8
+    assert ImageLoss(d, rep, 0.0, 0)(exact, batch).max() < 1e-8
     # ...and any other is the squared image error of its decoding, in units of IMAGE_UNIT^2
     net = Fixed(batch["target"].shape)
-    loss = ImageLoss(d, rep)(net, batch)
+    loss = ImageLoss(d, rep, 0.0, 0)(net, batch)
     image = rep.decode(net.out.detach().double(), batch["rain"].double())
     expected = (image - batch["clean"].double()) ** 2 / IMAGE_UNIT ** 2
     assert loss.shape == batch["clean"].shape
@@ -79,7 +80,7 @@ def test_image_loss_measures_the_decoded_x0_estimate_against_the_clean_window(na
 def test_image_loss_of_the_linear_spectrum_weighs_frequencies_by_their_image_cost():
     # linear realimag: a unit error at frequency f costs its half-range (hi - lo) / 2 in the
     # orthonormal spectrum, so (Parseval) high-variance frequencies cost more image MSE
-    rep, d = _rep(log=False), Diffusion(1000, prediction="x0")
+    rep, d = _rep(log=False), Diffusion(1000, "cosine", "x0")
     batch = _batch(rep)
     lo, hi = rep.ranges["target"]
     span = (hi - lo) / 2
@@ -89,34 +90,62 @@ def test_image_loss_of_the_linear_spectrum_weighs_frequencies_by_their_image_cos
         net = Fixed(batch["target"].shape)
         net.out.data = batch["target"].clone()
         net.out.data[:, 0, pos[0], pos[1]] += 1.0
-        costs.append(ImageLoss(d, rep)(net, batch).mean().item())
+        costs.append(ImageLoss(d, rep, 0.0, 0)(net, batch).mean().item())
     assert costs[0] > costs[1] * (span[0].max() / span[0].min()) ** 2 * 0.5
 
 
 def test_mix_loss_is_the_weighted_sum_of_its_parts():
-    rep, d = _rep(), Diffusion(1000, prediction="eps")
+    rep, d = _rep(), Diffusion(1000, "cosine", "eps")
     batch = _batch(rep)
     net = Fixed(batch["target"].shape)
-    parts = [cls(d, rep)(net, batch, torch.Generator().manual_seed(2)).mean().item()
+    parts = [cls(d, rep, 0.0, 0)(net, batch, torch.Generator().manual_seed(2)).mean().item()
              for cls in (ModelLoss, ImageLoss)]
-    mix = MixLoss(d, rep, mix=0.3)(net, batch, torch.Generator().manual_seed(2)).mean().item()
+    mix = MixLoss(d, rep, 0.0, 0, mix=0.3)(net, batch, torch.Generator().manual_seed(2)).mean().item()
     assert mix == pytest.approx(0.7 * parts[0] + 0.3 * parts[1], rel=1e-5)
 
 
 def test_condition_dropout_zeroes_the_condition():
-    rep, d = _rep(), Diffusion(1000)
+    rep, d = _rep(), Diffusion(1000, "cosine", "v")
     batch = _batch(rep, b=200)
     net = Fixed(batch["target"].shape)
-    ModelLoss(d, rep, p_uncond=0.3)(net, batch, torch.Generator().manual_seed(0))
+    ModelLoss(d, rep, 0.3, 0)(net, batch, torch.Generator().manual_seed(0))
     dropped = (net.seen[0][2].abs().sum(dim=(1, 2, 3)) == 0).float().mean().item()
     assert 0.2 < dropped < 0.4
 
 
 def test_losses_are_chosen_by_name():
-    rep, d = _rep(), Diffusion(1000)
-    cfg = {"loss": "mix", "loss_mix": 0.25, "p_uncond": 0.1}
+    rep, d = _rep(), Diffusion(1000, "cosine", "v")
+    cfg = {"loss": "mix", "loss_mix": 0.25, "p_uncond": 0.1, "seed": 3}
     loss = make_loss(cfg, d, rep)
     assert isinstance(loss, MixLoss) and loss.mix == 0.25 and loss.p_uncond == 0.1
     assert set(LOSSES) == {"model", "image", "mix"}
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss({**cfg, "loss": "l1"}, d, rep)
+
+
+def test_the_default_process_bridge_feeds_the_network_a_point_between_rain_and_target():
+    # the default: a bridge from the rainy input; the loss encodes the pair (rain, rain) as the
+    # start, draws (t, noise) and the end share per sample from the sample's position, and
+    # measures the decoded x0 estimate in image space
+    from diffusion import Bridge
+    from helpers.seeding import SampleGenerators, hash_seed
+    rep = _rep(log=False)
+    batch = {**_batch(rep), "position": torch.arange(10, 14)}
+    net = Fixed(batch["target"].shape)
+    b = Bridge(1000, 0.1, 0.5)
+    loss = ImageLoss(b, rep, 0.0, 7)(net, batch)
+    x_t, t, _ = net.seen[0]
+    start = rep.encode(batch["rain"], batch["rain"])[0]
+    noise = SampleGenerators([hash_seed("noise", 7, p) for p in range(10, 14)], "cpu")
+    t_ref, eps = b.draw(batch["target"], noise)
+    assert torch.equal(t, t_ref)
+    torch.testing.assert_close(x_t, b.train_input(batch["target"], start, t_ref, eps))
+    image = rep.decode(net.out.detach(), batch["rain"])  # the bridge's x0 is the output itself
+    torch.testing.assert_close(loss, (image - batch["clean"]) ** 2 / IMAGE_UNIT ** 2)
+    # at the rainy end (t = T-1) the network sees the rain's own encoding: zero change
+    net = Fixed(batch["target"].shape)
+    ImageLoss(Bridge(1000, 0.1, 1.0), rep, 0.0, 7)(net, batch)
+    x_t, t, _ = net.seen[0]
+    assert torch.equal(t, torch.full_like(t, 999))
+    torch.testing.assert_close(x_t, start)
+    assert x_t.abs().max() > 0  # a real encoding: the normalised zero change is not zero

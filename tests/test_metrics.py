@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from helpers import metrics
+from tools import score
 from helpers.images import write_rgb
 from helpers.metrics import (FolderScores, format_summary, psnr_rgb, psnr_y, rgb_to_y,
                              score_folders, score_pair, ssim_y, write_scores_csv)
@@ -232,7 +233,7 @@ def test_format_summary_ours_vs_baseline():
 
 # ---------------------------------------------------------------- CLI
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "helpers.metrics", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "tools.score", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -255,12 +256,12 @@ def test_cli_missing_prediction_fails_with_name(folders):
 
 def test_cli_success_exit_zero(folders, capsys):
     (folders / "target" / "c.png").unlink()
-    assert metrics.main([str(folders / "pred"), str(folders / "target"), "--rgb",
+    assert score.main([str(folders / "pred"), str(folders / "target"), "--rgb",
                          "--workers", "1"]) == 0
     captured = capsys.readouterr()
     assert "PSNR-RGB" in captured.out and "baseline" not in captured.out
     assert captured.err == ""
-    assert metrics.main([str(folders / "nowhere"), str(folders / "target")]) == 1
+    assert score.main([str(folders / "nowhere"), str(folders / "target")]) == 1
     assert "nowhere" in capsys.readouterr().err
 
 

@@ -13,8 +13,8 @@ from representations.pixels import Pixels
 from representations.realimag import RealImag
 
 # Two downsamples (sizes padded to multiples of 4), attention only at the 1/4-resolution level.
-TINY = dict(base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1, attn_levels=(2,),
-            attn_heads=2, groups=4)
+TINY = dict(in_channels=6, cond_channels=6, out_channels=6, base_channels=16,
+            channel_mults=(1, 2, 2), num_res_blocks=1, attn_levels=(2,), attn_heads=2, groups=4)
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def make(seed=0, randomise_out=True, freq_coords=False, **kw):
         with torch.no_grad():
             unet.conv_out.weight.normal_(0, 0.1)
             unet.conv_out.bias.normal_(0, 0.1)
-    return Denoiser(unet, RealImag()).eval() if freq_coords else unet
+    return Denoiser(unet, RealImag(64, True)).eval() if freq_coords else unet
 
 
 def inputs(b, h, w, c=6, seed=1):
@@ -189,8 +189,8 @@ def test_bf16_autocast_and_channels_last():
 def test_presets():
     params = {}
     for name, preset in MODEL_PRESETS.items():
-        cfg = {"model": name, "model_args": {}, "freq_coords": True}
-        m = build_network(cfg, RealImag())
+        cfg = {"model": name, "model_args": {}, "freq_coords": True, "network": "unet"}
+        m = build_network(cfg, RealImag(64, True))
         params[name] = count_parameters(m)
         assert m.trunk.conv_in.in_channels == 15  # 6 noisy + 6 condition + 3 frequency coords
         assert all(w % 32 == 0 for w in (preset["base_channels"] * k
@@ -200,14 +200,16 @@ def test_presets():
     assert 1e6 <= params["small"] <= 3e6
     assert params["small"] < params["default"] < params["large"]
     # the pixel baseline uses the same presets, without extra inputs
-    pixel = build_network({"model": "small", "model_args": {}, "freq_coords": True}, Pixels())
+    pixel = build_network({"model": "small", "model_args": {}, "freq_coords": True,
+                           "network": "unet"}, Pixels(64, False))
     assert pixel.trunk.conv_in.in_channels == 6 and pixel.extra_inputs is None
 
 
 def _spectral_rep(crop=16):
     import numpy as np
     lo, hi = -20 * np.ones((6, crop, crop)), 20 * np.ones((6, crop, crop))  # no clipping
-    return RealImag(crop=crop, log=False, stats={"ranges": {"target": (lo, hi), "cond": (lo, hi)}})
+    return RealImag(crop, False, "diff", "perfreq", None,
+                    {"ranges": {"target": (lo, hi), "cond": (lo, hi)}})
 
 
 def test_pixel_trunk_sees_pixels_and_returns_the_fourier_target():
@@ -248,6 +250,6 @@ def test_ffc_blocks_see_the_whole_map():
         far[ffc] = (x.grad[0, :, 16:, 16:].abs().mean() / x.grad[0, :, :3, :3].abs().mean()).item()
     assert far[True] > 3 * far[False], far
     built = build_network({"model": "small", "model_args": {}, "freq_coords": True,
-                           "network": "ffc"}, RealImag())
+                           "network": "ffc"}, RealImag(64, True))
     assert built.config["ffc"] and any(type(mod).__name__ == "FourierUnit"
                                        for mod in built.modules())

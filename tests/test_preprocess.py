@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import preprocess_csv as pc
-from preprocess_csv import find_pairs, main, split_pairs, validate_pairs, write_pairs_csv
+import helpers.pairs as pc
+from helpers.pairs import find_pairs, split_pairs, validate_pairs, write_pairs_csv
+from preprocess_csv import main
 
 
 # ---------------------------------------------------------------- helpers

@@ -8,6 +8,7 @@ import torch
 
 import representations
 from helpers import process as P
+from tests.helpers_data import make_rep
 
 SIZES = [(32, 32), (31, 31), (17, 40), (40, 17)]  # even, odd, non-square both ways
 NAMES = representations.names()
@@ -16,7 +17,7 @@ COMBOS = [(n, t) for n in NAMES for t in representations.TARGETS]
 
 def fit(name, h, w):
     """(h, w) rounded down to what the representation's blocks tile (blockdct), >= one block."""
-    b = representations.get_class(name).options.get("block")
+    b = 8 if "block" in representations.get_class(name).options else None  # make_rep's blocks
     return (max(b, h // b * b), max(b, w // b * b)) if b else (h, w)
 
 
@@ -29,13 +30,13 @@ def _pair(h, w, seed=0):
 
 def _fitted(name, target, clean, rain, crop, log=True, norm="global"):
     """A representation whose ranges are the min/max of this pair's own encoding (per channel)."""
-    rep = representations.make(name, target, norm, crop, log)
+    rep = make_rep(name, target, norm, crop, log)
     if not rep.needs_statistics:
         return rep
     parts = rep.parts(clean, rain)
     rng = lambda x: (x.min(axis=(-2, -1), keepdims=True), x.max(axis=(-2, -1), keepdims=True))
     ranges = {"target": rng(parts[target]), "cond": rng(parts["rain"])}
-    return representations.make(name, target, norm, crop, log, {"ranges": ranges})
+    return make_rep(name, target, norm, crop, log, {"ranges": ranges})
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -63,7 +64,7 @@ def test_every_representation_keeps_the_interface(name):
 def test_round_trip_is_exact_for_uint8_images(name, target, h, w):
     h, w = fit(name, h, w)
     clean, rain = _pair(h, w, seed=h * w)
-    rep = representations.make(name, target, crop=h)
+    rep = make_rep(name, target, crop=h)
     raw = rep.parts(clean, rain)[target]
     back = rep.from_target(raw, rain)
     assert back.shape == (3, h, w)
@@ -106,7 +107,7 @@ def test_numpy_and_torch_agree_and_decode_is_differentiable(name):
 
 def test_phase_difference_is_wrapped():
     clean, rain = _pair(31, 40, seed=3)
-    phase = representations.make("magphase").parts(clean, rain)["diff"][3:]
+    phase = make_rep("magphase").parts(clean, rain)["diff"][3:]
     assert phase.min() > -math.pi - 1e-12 and phase.max() <= math.pi + 1e-12
     # and it is the angle of C * conj(R), not a raw difference that can reach +-2pi
     c, r = P.fft_image(clean), P.fft_image(rain)
@@ -116,7 +117,7 @@ def test_phase_difference_is_wrapped():
 
 def test_generated_negative_magnitudes_are_clamped():
     clean, rain = _pair(16, 16, seed=11)
-    rep = representations.make("magphase")
+    rep = make_rep("magphase")
     rain_spec = rep.transform(rain)
     huge_negative = np.full((6, 16, 16), -50.0)
     huge_negative[3:] = 0.0
@@ -126,18 +127,18 @@ def test_generated_negative_magnitudes_are_clamped():
 
 def test_log_false_keeps_raw_values():
     clean, rain = _pair(8, 8, seed=12)
-    rep = representations.make("realimag", log=False)
+    rep = make_rep("realimag", log=False)
     raw = rep.parts(clean, rain)["clean"]
     spec = P.fft_image(clean)
     np.testing.assert_allclose(raw[:3], spec.real)
     np.testing.assert_allclose(raw[3:], spec.imag)
-    logged = representations.make("realimag").parts(clean, rain)["clean"]
+    logged = make_rep("realimag").parts(clean, rain)["clean"]
     np.testing.assert_allclose(logged, P.signed_log_scale(raw))
 
 
 def test_pixels_are_the_plain_image_maps():
     clean, rain = _pair(8, 8, seed=13)
-    rep = representations.make("pixels")
+    rep = make_rep("pixels")
     tgt, cond = rep.encode(clean, rain)
     np.testing.assert_allclose(tgt, clean - rain)
     np.testing.assert_allclose(cond, 2 * rain - 1)
@@ -146,13 +147,13 @@ def test_pixels_are_the_plain_image_maps():
 
 def test_encoding_without_statistics_and_unknown_settings_are_refused():
     with pytest.raises(ValueError, match="needs statistics"):
-        representations.make("realimag").encode(None, np.zeros((3, 4, 4)))
+        make_rep("realimag").encode(None, np.zeros((3, 4, 4)))
     with pytest.raises(ValueError, match="representation"):
-        representations.make("polar")
+        make_rep("polar")
     with pytest.raises(ValueError, match="target"):
-        representations.make("magphase", target="residual")
+        make_rep("magphase", target="residual")
     with pytest.raises(ValueError, match="norm"):
-        representations.make("magphase", norm="zscore")
+        make_rep("magphase", norm="zscore")
 
 
 def _stats_of(rep, clean, rain):
@@ -167,13 +168,13 @@ def test_scalar_and_partial_norms_scale_frequencies_between_one_scale_and_their_
     rng = np.random.default_rng(0)
     clean = rng.random((8, 3, 16, 16))
     rain = np.clip(clean + 0.3 * (rng.random(clean.shape) < 0.1), 0, 1)
-    rep = representations.make("realimag", crop=16, log=False)
+    rep = make_rep("realimag", crop=16, log=False)
     parts = rep.parts(clean, rain)
     stats = {"per_frequency": {f"{k}_{stat}": getattr(np, stat)(v, axis=0)
                                for k, v in parts.items() for stat in ("mean", "std")}}
     spans = {}
     for norm, gamma in (("perfreq_std", 1.0), ("partial_std", 0.5), ("scalar_std", 0.0)):
-        r = representations.make("realimag", "diff", norm, 16, False, stats, norm_gamma=gamma)
+        r = make_rep("realimag", "diff", norm, 16, False, stats, norm_gamma=gamma)
         lo, hi = r.ranges["target"]
         spans[norm] = (hi - lo) / 4  # the scale each frequency is divided by
     std = stats["per_frequency"]["diff_std"]
@@ -184,7 +185,7 @@ def test_scalar_and_partial_norms_scale_frequencies_between_one_scale_and_their_
 
 
 def test_block_dct_is_orthonormal_and_keeps_locality():
-    rep = representations.make("blockdct", crop=16, log=False, block=4)
+    rep = make_rep("blockdct", crop=16, log=False, block=4)
     assert rep.shape(16, 16) == (48, 4, 4) and rep.channel_names[:2] == ("dct0_0_R", "dct0_1_R")
     img = np.random.default_rng(2).random((3, 16, 16))
     coeffs = rep.transform(img)
@@ -196,4 +197,4 @@ def test_block_dct_is_orthonormal_and_keeps_locality():
     diff = rep.to_channels(rep.transform(changed)) - ch
     assert np.abs(diff[:, 0, 0]).max() > 0 and np.abs(diff[:, 1:, :]).max() < 1e-12  # ...stays
     with pytest.raises(ValueError, match="multiple of --block"):
-        representations.make("blockdct", crop=18, block=4)
+        make_rep("blockdct", crop=18, block=4)

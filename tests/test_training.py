@@ -12,6 +12,10 @@ import torch
 
 import checkpoint as C
 import ddpm_conditional as D
+from training.parts import TrainStep
+from training.parts import LRPlan
+from training.distributed import Distributed
+from training.data import prepare_data
 from tests.conftest import REPO
 from tests.helpers_data import make_pairs
 
@@ -127,7 +131,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(data, tmp_path, monkeyp
     # and optimiser moments as they were; the log point after max_bad_steps in a row stops
     cfg, _ = D.resolve_config(_args(data, tmp_path / "nan", "--max-steps", "50",
                                     "--max-bad-steps", "3", "--ckpt-every", "5"))
-    trainer = D.setup(cfg, D.Distributed("cpu"), log=lambda m: None)
+    trainer = D.setup(cfg, Distributed("cpu"), log=lambda m: None)
     real = trainer.parts.loss
     calls = {"n": 0}
 
@@ -201,13 +205,14 @@ def test_stop_file_checkpoints_and_exits(data, tmp_path):
 
 
 def test_real_data_presets_split_by_number_without_leakage(shared_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "REPO", tmp_path)  # the preset's CSVs and statistics go here
+    import training.data
+    monkeypatch.setattr(training.data, "REPO", tmp_path)  # the preset's CSVs and statistics
     cfg, _ = D.resolve_config(["--preset", "rain100", "--data-root", str(shared_data)])
     cfg["stats"] = str(tmp_path / "unused.json")  # only the split is tested here
     (tmp_path / "unused.json").write_text("{}")
-    D.prepare_data(cfg, log=lambda m: None)
+    cfg = prepare_data(cfg, log=lambda m: None)
     import pandas as pd
-    train, val = pd.read_csv(tmp_path / cfg["csv"]), pd.read_csv(tmp_path / cfg["val_csv"])
+    train, val = pd.read_csv(cfg["csv"]), pd.read_csv(cfg["val_csv"])
     number = lambda ids: {int("".join(c for c in str(i) if c.isdigit())) for i in ids}
     assert len(train) == 100 and len(val) == 20  # pairs 1-50 and 51-60 of Rain100L and Rain100H
     assert number(train.clean_id) == set(range(1, 51))
@@ -265,12 +270,12 @@ def test_ranks_out_of_sync_stop_the_run():
 def test_bench_times_the_training_step(monkeypatch):
     import bench
     calls = []
-    real = D.TrainStep.__call__
+    real = TrainStep.__call__
 
     def spy(self, stream):
         calls.append(type(self.parts.loss).__name__)
         return real(self, stream)
-    monkeypatch.setattr(D.TrainStep, "__call__", spy)
+    monkeypatch.setattr(TrainStep, "__call__", spy)
     args = bench.parse_args(["--device", "cpu", "--models", "small", "--batch", "2", "--size",
                              "16", "--steps", "2", "--warmup", "1", "--threads", "1",
                              "--loss", "image"])
@@ -283,12 +288,12 @@ def test_bench_times_the_training_step(monkeypatch):
 
 def test_a_step_budget_shorter_than_its_warm_up_still_ends_decayed():
     # warm-up lasts warmup_steps or 5 % of the run, whichever ends first
-    short = D.LRPlan(1e-3, warmup_steps=200, lr_min_ratio=0.05, max_steps=199)
+    short = LRPlan(1e-3, warmup_steps=200, lr_min_ratio=0.05, max_steps=199)
     lrs = [short.factor(s) for s in range(199)]
     peak = max(range(199), key=lrs.__getitem__)
     assert peak == 9  # ceil(0.05 * 199) = 10 warm-up steps
     assert lrs[-1] < 0.06 and all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
-    long = D.LRPlan(1e-3, warmup_steps=200, lr_min_ratio=0.05, max_steps=50000)
+    long = LRPlan(1e-3, warmup_steps=200, lr_min_ratio=0.05, max_steps=50000)
     assert long.factor(0) == 1 / 200 and long.factor(199) == 1.0  # long runs: unchanged
     assert long.factor(49999) < 0.06
-    assert D.LRPlan(1e-3, 200, 0.05).factor(10 ** 6) == 1.0  # no end: constant after warm-up
+    assert LRPlan(1e-3, 200, 0.05).factor(10 ** 6) == 1.0  # no end: constant after warm-up

@@ -1,7 +1,7 @@
 """Where a bridge or diffusion checkpoint's training task is hard: the image-space error of its x0
 estimate at fixed timesteps, on windows of a pairs CSV.
 
-    python -m helpers.loss_by_t --ckpt runs/final/trunk_bridge/seed0 \\
+    python -m tools.loss_by_t --ckpt runs/final/trunk_bridge/seed0 \\
         --csv data/presets/rain100/val_Rain100L.csv --windows 64
 
 For each timestep t it prints the PSNR (RGB in [0, 1], over all the windows' pixels: a training
@@ -18,7 +18,10 @@ import sys
 
 import torch
 
+from checkpoint import CheckpointError, load_derainer
+from diffusion import Bridge
 from helpers.metrics import psnr_from_mse
+from utils import FFTDataset
 
 DEFAULT_TS = "999,995,990,975,950,900,750,500,0"
 
@@ -29,9 +32,6 @@ def profile(derainer, csv, windows, ts, seed=0):
     over all windows' pixels) of the x0 estimate, of the rainy window and, for a bridge, of the
     inversion that ignores the noise."""
     from torch.utils.data import default_collate
-
-    from diffusion import Bridge
-    from utils import FFTDataset
     psnr = lambda mse: psnr_from_mse(mse, peak=1.0)
     model, rep, process = derainer.model, derainer.rep, derainer.diffusion
     data = FFTDataset(csv, rep, train=True, seed=seed)
@@ -70,22 +70,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="fixes the crops and the noise")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args(argv)
-    from pathlib import Path
-
-    from checkpoint import LOAD_ERRORS, ckpt_paths, load_derainer
     torch.set_num_threads(args.threads)
-    path = Path(args.ckpt)
-    if path.is_dir():
-        found = ckpt_paths(path)
-        if not found:
-            print(f"{path}: no checkpoint (ckpt_*.pt) in this folder", file=sys.stderr)
-            return 1
-        path = found[-1]
     try:
-        derainer, _ = load_derainer(path)
-    except LOAD_ERRORS as e:
-        print(f"{path}: cannot load this checkpoint ({e})", file=sys.stderr)
+        derainer, _ = load_derainer(args.ckpt)  # a run directory: its last checkpoint
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
+    path = args.ckpt
     if derainer.diffusion.timesteps <= 1:
         print(f"{path}: a {derainer.diffusion.name} checkpoint has no timesteps to profile",
               file=sys.stderr)

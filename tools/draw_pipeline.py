@@ -1,21 +1,22 @@
 """Draw the training and sampling pipeline as a diagram (training_pipeline.png).
 
-    python -m helpers.draw_pipeline [--out training_pipeline.png]
+    python -m tools.draw_pipeline [--out training_pipeline.png]
 
 The diagram is built from the code, not typed in by hand: the choices in each box come from the
 representation registry (representations: names, TARGETS, NORMS, STD_SPAN, COND_CLIP),
-helpers.process.FFT_NORM, diffusion.PREDICTIONS, losses.LOSSES, sampling.OVERLAP and the defaults
+helpers.process.FFT_NORM, diffusion.PREDICTIONS, losses.LOSSES, helpers.tiling.OVERLAP and the defaults
 of ddpm_conditional.launch() (marked with a filled dot), and the thumbnails are computed with the
 real representation on a synthetic rainy crop of scikit-image's astronaut photo. Changing a
 default in launch() changes the figure.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # allow `python helpers/draw_pipeline.py` as well as `-m`
+if __package__ in (None, ""):  # allow `python tools/draw_pipeline.py` as well as `-m`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers import process as P  # noqa: E402
@@ -25,7 +26,6 @@ DEFAULT_KEYS = ("representation", "signed_log", "norm", "target", "prediction", 
                 "sampler", "sample_steps", "eta", "timesteps", "schedule", "model", "freq_coords",
                 "clip_x0", "network", "process", "bridge_noise", "bridge_end")
 ON, OFF = "\u25cf", "\u25cb"  # filled dot: the launch() default; open dot: the alternatives
-SAMPLERS = ("ddim", "ddpm")  # the names diffusion.sample dispatches on
 
 
 # ============================================================================ labels from code
@@ -34,7 +34,7 @@ def pipeline_defaults():
     a monkeypatched launch() shows up in the labels)."""
     import ddpm_conditional
     cfg = ddpm_conditional.launch()
-    return {k: cfg[k] for k in DEFAULT_KEYS if k in cfg}
+    return {k: cfg[k] for k in DEFAULT_KEYS}
 
 
 def _choices(options, chosen, describe):
@@ -78,7 +78,8 @@ def pipeline_labels(defaults=None):
     import diffusion
     import representations
     from representations import base
-    from sampling import OVERLAP, steps_text
+    from helpers.tiling import OVERLAP
+    from sampling import steps_text
     d = pipeline_defaults() if defaults is None else dict(defaults)
     rep, norm, target = d["representation"], d["norm"], d["target"]
     crop = d["crop"]
@@ -86,15 +87,15 @@ def pipeline_labels(defaults=None):
     lab["title"] = ("Conditional diffusion deraining in the Fourier domain: training (top) and "
                     "sampling (bottom)")
     lab["subtitle"] = (f"{ON} = default of ddpm_conditional.launch(): "
-                       f"process={d.get('process', 'diffusion')}, "
-                       f"network={d.get('network', 'unet')}, representation={rep}, "
+                       f"process={d['process']}, "
+                       f"network={d['network']}, representation={rep}, "
                        f"norm={norm}, target={target}, loss={d['loss']}, crop={crop}, "
                        f"sample_steps={d['sample_steps']}")
     lab["images"] = [f"random {crop}\u00d7{crop} crop + flip", "RGB in [0, 1]"]
     lab["fft"] = ["per RGB channel", f"fft2(norm='{P.FFT_NORM}')", "+ fftshift (DC at centre)"]
     lab["channels"] = (["3 complex \u2192 6 real:"]
                        + _choices(representations.names(statistics_only=True), rep, _rep_text))
-    slog = ["sign(x)\u00b7log(1 + |x|)" if d.get("signed_log", True) else "linear (no log)"]
+    slog = ["sign(x)\u00b7log(1 + |x|)" if d["signed_log"] else "linear (no log)"]
     if rep == "magphase":
         slog.append("(phase: not logged)")
     lab["slog"] = slog
@@ -104,17 +105,17 @@ def pipeline_labels(defaults=None):
         ["target (generated) = spectrum of"]
         + [f"   {ON if t == target else OFF} {t}: {_target_text(t)}" for t in base.TARGETS]
         + ["condition = spectrum of rain", f"   (clipped to \u00b1{base.COND_CLIP:g})"])
-    process, network = d.get("process", "diffusion"), d.get("network", "unet")
+    process, network = d["process"], d["network"]
     if process == "bridge":
-        lab["noisy"] = ["x_t = (1 \u2212 s) target + s start", f"+ {d.get('bridge_noise', 0.1):g}"
+        lab["noisy"] = ["x_t = (1 \u2212 s) target + s start", f"+ {d['bridge_noise']:g}"
                         "\u00b7\u221a(s(1\u2212s)) \u03b5,  s = (t+1)/T",
-                        "start = zero change (the rain)", _bridge_draws(d.get("bridge_end", 0.0))]
+                        "start = zero change (the rain)", _bridge_draws(d["bridge_end"])]
     elif process == "regression":
         lab["noisy"] = ["no process: the network", "sees the rainy input (t = 0)"]
     else:
         lab["noisy"] = ["x_t = q_sample(target, t, \u03b5)",
                         f"{d['schedule']} schedule, T = {d['timesteps']}"]
-    coords = "\u2295 (fy, fx, r) freq. coords" if d.get("freq_coords", True) else ""
+    coords = "\u2295 (fy, fx, r) freq. coords" if d["freq_coords"] else ""
     predicts = ("predicts x0" if process != "diffusion" else
                 "predicts " + "  ".join(f"{ON if p == d['prediction'] else OFF} {p}"
                                         for p in diffusion.PREDICTIONS))
@@ -130,11 +131,11 @@ def pipeline_labels(defaults=None):
     lab["loss"] = (f"training: MSE to the {d['prediction']}-target" if d["loss"] == "model" else
                    "training: image-space MSE of the decoded x0" if d["loss"] == "image" else
                    f"training: MSE to the {d['prediction']}-target + image-space MSE")
-    clip = f"x0 estimate clipped \u00b1{d['clip_x0']:g}" if d.get("clip_x0") else ""
+    clip = f"x0 estimate clipped \u00b1{d['clip_x0']:g}" if d["clip_x0"] else ""
     if process == "diffusion":
         lab["sampler_title"] = "DDPM / DDIM sampler"
         lab["sampler"] = ["  ".join(f"{ON if s == d['sampler'] else OFF} {s.upper()}"
-                                    for s in SAMPLERS),
+                                    for s in diffusion.SAMPLERS),
                           f"{steps_text(d['sample_steps'])}, eta {d['eta']:g}",
                           "x_T ~ N(0, I) \u2192 \u2026 \u2192 x_0", clip]
     else:
@@ -152,7 +153,7 @@ def pipeline_labels(defaults=None):
                          "spectrum, made as above")
     lab["generated"] = ["x_0 from the sampler", f"(normalised {target} target)"]
     lab["denorm"] = ["inverse of the", "[\u22121, 1] map (same stats", "as training, in ckpt)"]
-    lab["islog"] = (["sign(y)\u00b7(e^|y| \u2212 1)"] if d.get("signed_log", True)
+    lab["islog"] = (["sign(y)\u00b7(e^|y| \u2212 1)"] if d["signed_log"]
                     else ["(linear: nothing", "to invert)"])
     if target == "diff":
         lab["addrain"] = (["|F| = |R| + \u0394|F|", "\u2220F = \u2220R + \u0394\u03c6"]
@@ -167,14 +168,14 @@ def pipeline_labels(defaults=None):
 
 
 # ============================================================================ example thumbnails
-def example_arrays(crop, representation, target, seed=3):
+def example_arrays(crop, representation, target, signed_log, seed=3):
     """Thumbnails computed with the real transforms: a rainy crop of skimage's astronaut (made
     with helpers.synth_rain.add_rain) and the spectra of its central crop x crop window."""
     from skimage import data
 
     import representations
     from helpers.synth_rain import add_rain
-    from sampling import window_starts, window_weight
+    from helpers.tiling import window_starts, window_weight
     photo = data.astronaut()  # (512, 512, 3) uint8
     rainy = add_rain(photo, np.random.default_rng(seed), density=0.004, length=34, angle=12,
                      width=2.2, brightness=0.95, haze=0.0, layers=1)
@@ -188,7 +189,7 @@ def example_arrays(crop, representation, target, seed=3):
     win = lambda a: a[c:c + crop, c:c + crop].transpose(2, 0, 1).astype(np.float64) / 255.0
     clean, rain = win(clean_u8), win(rain_u8)
     mag = lambda im: np.log1p(np.abs(P.fft_image(im))).mean(0)  # log(1 + |F|), RGB mean
-    rep = representations.make(representation, target, crop=crop)
+    rep = representations.make(representation, crop, signed_log, target=target)
     parts = rep.parts(clean, rain)  # unnormalised: the thumbnails show the raw channels
     rain_ch, cond, tgt = parts["rain"], parts["rain"], parts[target]
     back = rep.from_target(tgt, rain)
@@ -285,7 +286,7 @@ def draw_pipeline(out="training_pipeline.png", labels=None, example=True):
     lab = labels or pipeline_labels()
     d = lab["defaults"]
     rep, target, crop = d["representation"], d["target"], int(d["crop"])
-    ex = example_arrays(crop, rep, target) if example else None
+    ex = example_arrays(crop, rep, target, d["signed_log"]) if example else None
     cv = _Canvas()
     ax = cv.ax
     ax.text(cv.W / 2, cv.H - 0.6, lab["title"], ha="center", va="top", fontsize=13,
@@ -350,7 +351,7 @@ def draw_pipeline(out="training_pipeline.png", labels=None, example=True):
     # ---------------------------------------------------------------- row B: model
     yB, hB = 26.5, 17.5
     b_noisy = cv.box(112, yB + 1.5, 27, hB - 3,
-                     "noisy target" if lab["defaults"].get("process", "diffusion") == "diffusion"
+                     "noisy target" if lab["defaults"]["process"] == "diffusion"
                      else "network input", lab["noisy"], color="model")
     b_unet = cv.box(59, yB, 42, hB, "conditional UNet", lab["unet"], color="model")
     b_samp = cv.box(11, yB, 33, hB, lab["sampler_title"], lab["sampler"], color="model")
@@ -407,12 +408,22 @@ def draw_pipeline(out="training_pipeline.png", labels=None, example=True):
                 "example window decoded\nfrom its true target\n(max error "
                 + ("< 1e-12)" if ex["decode_err"] < 1e-12 else f"{ex['decode_err']:.0e})"),
                 ha="center", va="bottom", fontsize=6.9, color="#333")
-    return save_and_close(cv.fig, out)
-
-
-def save_and_close(fig, out):
-    save_figure(fig, out)  # atomic; closes the figure
+    save_figure(cv.fig, out, text=labels_text(lab))  # atomic; closes the figure
     return Path(out)
+
+
+def labels_text(labels):
+    """The diagram's texts as JSON: stored in the PNG (its Description), so a test can tell a
+    diagram that is out of date with the code without comparing rendered pixels."""
+    return json.dumps(labels, sort_keys=True)
+
+
+def labels_of(png):
+    """The texts a diagram was drawn with (from its PNG), or None."""
+    from PIL import Image
+    with Image.open(png) as im:
+        text = im.text.get("Description")
+    return json.loads(text) if text else None
 
 
 def main(argv=None):
