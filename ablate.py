@@ -44,9 +44,11 @@ REPO = Path(__file__).resolve().parent
 # the default's levers (pixel trunk, linear spectrum, image loss, the bridge); --bridge-end varies
 TRUNK_BRIDGE = ["--network", "pixel_trunk", "--signed-log", "false", "--loss", "image",
                 "--process", "bridge"]
+TRUNK_BRIDGE_90 = [*TRUNK_BRIDGE, "--bridge-end", "0.9"]
 PIXEL_BRIDGE = ["--representation", "pixels", "--loss", "image", "--process", "bridge"]  # in pixels
 # drawn in another colour
-REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "pixel_bridge_end90", "regression")
+REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "pixel_bridge_end90", "regression",
+              "pixel_bridge_end90_fft", "naf_regression")
 DEFAULT = "trunk_bridge_end90"  # the variant that launch()'s defaults train (a test checks it)
 VARIANTS = {
     # the references
@@ -115,22 +117,54 @@ VARIANTS = {
                         "about": "pixel trunk, low frequencies noised last (abar^(1-0.5(1-r)))"},
     "trunk_coupled": {"train_as": "trunk", "sample": {"coupled": True},
                       "about": "trunk, windows coupled while sampling"},
+    # the Fourier domain's and the steps' own levers, on the default's (issue: spectral
+    # operators, a frequency loss, steps that refine)
+    "trunk_bridge_end90_fft": {"flags": [*TRUNK_BRIDGE_90, "--network", "pixel_trunk_fft"],
+                               "about": "the default with a Res-FFT branch beside the 3x3 one in "
+                                        "every U-Net block (Fourier state, spatial + FFT)"},
+    "pixel_bridge_end90_fft": {"flags": [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network",
+                                         "pixel_trunk_fft"],
+                               "about": "pixel_bridge_end90 with the Res-FFT branch (pixel "
+                                        "state, spatial + FFT)"},
+    "trunk_bridge_end90_skip": {"flags": [*TRUNK_BRIDGE_90, "--bridge-param", "skip"],
+                                "about": "the default with x0 = x_t - s start + s F: the "
+                                         "inversion that ignores the noise plus the network's "
+                                         "correction (steps that refine)"},
+    "trunk_bridge_end90_fftloss": {"flags": [*TRUNK_BRIDGE_90, "--loss", "image_fft"],
+                                   "about": "the default with the frequency loss: + 0.1 x the "
+                                            "FFT L1 at 3 scales"},
+    "trunk_bridge_end90_w128": {"flags": [*TRUNK_BRIDGE_90, "--crop", "128", "--batch-size",
+                                          "4"],
+                                "about": "the default on 128-px windows (4 a step: the same "
+                                         "pixels), derained in 128-px windows"},
+    "trunk_bridge_end90_naf": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf"],
+                               "about": "the default with a NAFNet-style trunk instead of the "
+                                        "U-Net (Fourier state, spatial)"},
+    "trunk_bridge_end90_naf_fft": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf_fft"],
+                                   "about": "trunk_bridge_end90_naf with a Res-FFT branch in "
+                                            "every block"},
+    "naf_regression": {"flags": ["--representation", "pixels", "--network", "naf", "--process",
+                                 "regression", "--loss", "image"],
+                       "about": "a NAFNet-style network in pixels, one pass (the outside "
+                                "reference, spatial only)"},
 }
 # Every lever a variant may turn, at the values of the Fourier model before the study (the
 # variants' flags override these), so a variant means the same whatever launch()'s defaults are.
 LEVERS = ["--representation", "realimag", "--signed-log", "true", "--norm", "perfreq_std",
           "--network", "unet", "--process", "diffusion", "--prediction", "v", "--loss", "model",
           "--crop", "64", "--batch-size", "16", "--freq-schedule", "0", "--coupled", "false",
-          "--sample-steps", "2", "--bridge-end", "0"]
+          "--sample-steps", "2", "--bridge-end", "0", "--bridge-param", "x0"]
 BASE = ["--preset", "rain100", "--minutes", "0", "--eval-every", "0", "--eval-points", "0",
         "--final-eval", "false", "--log-every", "10", *LEVERS]
 SETS = ("Rain100L", "Rain100H")
+# per image and set: PSNR-Y, SSIM-Y and the high-frequency spectral error and bias (dB;
+# helpers.metrics.spectral_error), of the output and of the rainy input
+SCORED = ("psnr_y", "ssim_y", "hf_err_db", "hf_bias_db", "input_psnr_y", "input_ssim_y",
+          "input_hf_err_db")
 FIELDS = ["variant", "seed", "train_steps", "train_minutes", "sample_steps", "pairs",
-          "eval_seconds",
-          *[f"{s}_{m}" for s in SETS for m in ("psnr_y", "ssim_y", "input_psnr_y",
-                                               "input_ssim_y")]]
-SCORE_FIELDS = ["variant", "seed", "sample_steps", "pairs", "set", "image", "psnr_y", "ssim_y",
-                "input_psnr_y", "input_ssim_y"]
+          "eval_seconds", *[f"{s}_{m}" for s in SETS for m in SCORED]]
+SCORE_FIELDS = ["variant", "seed", "sample_steps", "pairs", "set", "image", *SCORED]
+COMPARED = ("psnr_y", "ssim_y", "hf_err_db")  # what --compare pairs over images
 CALIBRATION_STEPS = (20, 120)  # the step time is measured between these steps (100: +-2 %)
 
 
@@ -252,11 +286,11 @@ def evaluate(run_dir, sample_steps, sample_overrides, data_csvs, threads, limit=
         if report.failed or report.unscored:
             raise RuntimeError(f"{csv_path}: {len(report.failed) + len(report.unscored)} pairs "
                                "failed")
-        out.update({f"{name}_psnr_y": s["psnr_y"], f"{name}_ssim_y": s["ssim_y"],
-                    f"{name}_input_psnr_y": s["baseline"]["psnr_y"],
-                    f"{name}_input_ssim_y": s["baseline"]["ssim_y"]})
+        out.update({f"{name}_{m}": s[m] for m in SCORED if not m.startswith("input_")})
+        out.update({f"{name}_{m}": s["baseline"][m[len("input_"):]] for m in SCORED
+                    if m.startswith("input_")})
         images += [{"set": name, "image": r["name"],
-                    **{k: r[k] for k in ("psnr_y", "ssim_y", "input_psnr_y", "input_ssim_y")}}
+                    **{k: r[k] for k in SCORED}}
                    for r in report.rows]
     out["eval_seconds"] = round(time.time() - t0, 1)
     return out, images
@@ -279,9 +313,10 @@ def compare(scores, a, b):
                 continue
             k = (r["pairs"], r["set"], int(r["sample_steps"]))
             seeds.setdefault(k, set()).add(r["seed"])
-            for m in ("psnr_y", "ssim_y"):
-                acc.setdefault(k, {}).setdefault(r["image"], {}).setdefault(m, []).append(
-                    float(r[m]))
+            for m in COMPARED:
+                if r.get(m) not in (None, ""):  # rows from before a metric existed lack it
+                    acc.setdefault(k, {}).setdefault(r["image"], {}).setdefault(m, []).append(
+                        float(r[m]))
         return acc, seeds
 
     def order(k):  # full rows first, then the sets in SETS order, then sampler steps
@@ -295,8 +330,12 @@ def compare(scores, a, b):
         names = sorted(set(sa[k]) & set(sb[k]))
         row = {"pairs": k[0], "set": k[1], "sample_steps": k[2], "images": len(names),
                "seeds_a": len(seeds_a[k]), "seeds_b": len(seeds_b[k])}
-        for m in ("psnr_y", "ssim_y"):
-            d = np.array([np.mean(sa[k][i][m]) - np.mean(sb[k][i][m]) for i in names])
+        for m in COMPARED:
+            d = np.array([np.mean(sa[k][i][m]) - np.mean(sb[k][i][m]) for i in names
+                          if m in sa[k][i] and m in sb[k][i]])
+            if not len(d):
+                row[f"{m}_diff"] = row[f"{m}_se"] = float("nan")
+                continue
             row[f"{m}_diff"] = float(d.mean())
             row[f"{m}_se"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
             if m == "psnr_y":
@@ -311,11 +350,13 @@ def print_comparison(rows, a, b):
         return
     print(f"{a} - {b}, paired over the same images (each image: the mean over a variant's seeds)")
     print(f"{'pairs':>5s} {'set':9s} {'steps':>5s} {'images':>6s} {'seeds':>5s}  "
-          f"{'PSNR-Y diff (dB)':>18s}  {'SSIM-Y diff':>17s}  {a} wins")
+          f"{'PSNR-Y diff (dB)':>18s}  {'SSIM-Y diff':>17s}  {'HF-err diff (dB)':>17s}  "
+          f"{a} wins")
     for r in rows:
         print(f"{r['pairs']:>5s} {r['set']:9s} {r['sample_steps']:5d} {r['images']:6d} "
               f"{r['seeds_a']:>2d}/{r['seeds_b']:<2d}  {r['psnr_y_diff']:+8.2f} +- "
               f"{r['psnr_y_se']:5.2f}  {r['ssim_y_diff']:+7.4f} +- {r['ssim_y_se']:.4f}  "
+              f"{r['hf_err_db_diff']:+7.2f} +- {r['hf_err_db_se']:5.2f}  "
               f"{r['wins']}/{r['images']}")
 
 
@@ -426,7 +467,10 @@ def main(argv=None):
     rows, scores = read_results(results_path), read_results(scores_path)
     pairs_key = str(args.eval_pairs or "all")
     key = lambda r: (r["variant"], str(r["seed"]), str(r["sample_steps"]), r.get("pairs") or "all")
-    done = {key(r) for r in rows} & {key(r) for r in scores}  # both the means and each image
+    # done: the means and each image scored, with every metric (rows from before a metric
+    # existed are evaluated again)
+    complete = lambda r: all(r.get(f) not in (None, "") for f in SCORE_FIELDS)
+    done = {key(r) for r in rows} & {key(r) for r in scores if complete(r)}
 
     for variant in variants:
         spec = VARIANTS[variant]

@@ -43,7 +43,8 @@ REQUIRED = ("step", "model", "config", "model_config", "representation")
 # reproduces what a checkpoint written before it existed did (the code of that time).
 HISTORICAL = {"process": "diffusion", "network": "unet", "coupled": False, "bridge_noise": 0.1,
               "norm_gamma": 0.5, "block": 8, "freq_schedule": 0.0, "bridge_end": 0.0,
-              "channels_last": True, "p_uncond": 0.0}
+              "channels_last": True, "p_uncond": 0.0, "bridge_param": "x0",
+              "fft_loss_weight": 0.1, "fft_loss_scales": 3}
 
 
 class CheckpointError(InputError):
@@ -113,6 +114,11 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r}, this code "
                               f"reads version {VERSION}; update the repository")
     ckpt["config"] = {**HISTORICAL, **ckpt.get("config", {})}
+    mc = ckpt.get("model_config")
+    if isinstance(mc, dict) and "ffc" in mc:  # before fft_branch: a U-Net with or without FFC
+        mc = dict(mc)
+        mc["fft_branch"] = "ffc" if mc.pop("ffc") else "none"
+        ckpt["model_config"] = mc
     if isinstance(ckpt.get("representation"), dict):  # the same for the representation's state
         name = ckpt["representation"].get("name")
         ckpt["representation"] = {"norm_gamma": HISTORICAL["norm_gamma"],

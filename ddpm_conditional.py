@@ -69,9 +69,10 @@ def launch():
         model="small",           # small | default | large
         model_args={},           # e.g. {"base_channels": 96}: overrides of the preset
         network="pixel_trunk",   # pixel_trunk: decode the spectral state to pixels, U-Net, encode
-                                 # back (needs x0 output) | unet: 3x3 U-Net over the
-                                 # representation's channels | ffc: with a global Fourier
-                                 # branch per block; modules.py, README's variant study
+                                 # back (an x0 estimate) | pixel_trunk_fft: its U-Net blocks with a
+                                 # Res-FFT branch | naf, naf_fft: a NAFNet-style trunk instead |
+                                 # unet: 3x3 U-Net over the representation's channels | ffc: with
+                                 # a global Fourier branch per block (modules.NETWORKS)
         freq_coords=True,        # the representation's constant inputs (frequency coordinates)
         # ---- process and loss
         process="bridge",        # bridge: from the rainy input to the clean target |
@@ -82,6 +83,9 @@ def launch():
                                  # the task the first sampling step solves); the rest uniform
                                  # (35 min, 2 seeds, README: 0.5 gave +1.9 / +2.0 dB over 0,
                                  # 0.9 another +0.5 / +0.2)
+        bridge_param="x0",       # bridge: what the network outputs: x0 (the estimate) | skip
+                                 # (x0 = x_t - s start + s F: the inversion that ignores the
+                                 # noise plus the network's correction, weighted by s)
         freq_schedule=0.0,       # diffusion: noise low frequencies last (0: one schedule; s in
                                  # (0, 1): coefficient at radius r follows abar ** (1 - s (1 - r)))
         timesteps=1000,          # training noise levels
@@ -89,8 +93,11 @@ def launch():
         prediction="x0",         # eps | x0 | v: what a diffusion's network outputs (the bridge
                                  # and regression predict x0)
         loss="image",            # image: MSE of the decoded x0 estimate in image space (what
-                                 # PSNR measures) | model: MSE of the prediction | mix
+                                 # PSNR measures) | model: MSE of the prediction | mix |
+                                 # image_fft: image + an L1 on the decoded x0's FFT (losses.py)
         loss_mix=0.5,            # weight of the image part of loss=mix
+        fft_loss_weight=0.1,     # image_fft: weight of the FFT L1 at each scale
+        fft_loss_scales=3,       # image_fft: scales (the window, then halved each time)
         p_uncond=0.0,            # condition dropout in training (>0 enables guidance)
         # ---- optimisation
         batch_size=16,           # per process and micro-batch

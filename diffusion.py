@@ -128,7 +128,7 @@ class Diffusion:
     def train_target(self, x0, t, noise):
         return self.target_for(x0, t, noise)
 
-    def x0_estimate(self, out, x_t, t):
+    def x0_estimate(self, out, x_t, t, start=None):
         return self.split(out, x_t, t)[0]
 
     def sample(self, model, cond, start, sampler, steps, eta, guidance, generator=None, clip=None,
@@ -145,11 +145,12 @@ class _PredictsX0:
 
     needs_start = True
     prediction = "x0"
+    parametrisation = "x0"
 
     def train_target(self, x0, t, noise):
         return x0
 
-    def x0_estimate(self, out, x_t, t):
+    def x0_estimate(self, out, x_t, t, start=None):
         return out
 
 
@@ -163,14 +164,36 @@ class Bridge(_PredictsX0):
     Training draws t uniformly, or with `end` > 0 puts that fraction of the draws at t = T-1,
     where the input is the rainy image itself: the task the first sampling step solves, and the
     hardest one (uniform draws land there once in T; helpers/loss_by_t.py shows how much easier
-    the rest are)."""
+    the rest are).
+
+    `parametrisation` (--bridge-param) says what the network's output F is:
+        x0    the x0 estimate itself;
+        skip  a correction to the inversion that ignores the noise: x0 = x_t - s start + s F,
+              i.e. (1 - s) (x_t - s start) / (1 - s) + s F. At the rainy end (s = 1) that is F,
+              the same task as with x0; towards the clean end the estimate becomes the state
+              itself, nearly exact there (the inversion's error is the noise, 0.1 sqrt(s (1 - s))
+              per element), so later sampling steps start from what the earlier ones gave
+              instead of the network's answer to a task it was rarely trained on (a skip
+              connection weighted by t, as EDM's c_skip and c_out).
+    """
 
     name = "bridge"
+    PARAMETRISATIONS = ("x0", "skip")
 
-    def __init__(self, timesteps, noise, end):
+    def __init__(self, timesteps, noise, end, parametrisation):
         self.timesteps, self.noise, self.end = int(timesteps), float(noise), float(end)
         if not 0 <= self.end <= 1:
             raise ConfigError(f"--bridge-end is a fraction in [0, 1], got {end}")
+        if parametrisation not in self.PARAMETRISATIONS:
+            raise ConfigError(f"unknown --bridge-param {parametrisation!r}; choose "
+                              f"{', '.join(self.PARAMETRISATIONS)}")
+        self.parametrisation = parametrisation
+
+    def x0_estimate(self, out, x_t, t, start=None):
+        if self.parametrisation == "x0":
+            return out
+        s = self.start_weight(t, x_t)
+        return x_t - s * start + s * out
 
     def start_weight(self, t, like):
         """s_t = (t + 1) / T, the weight of the rainy start in x_t, shaped to broadcast over
@@ -217,7 +240,8 @@ class Bridge(_PredictsX0):
         ts = _timesteps(self, steps)
         for i, t_now in enumerate(ts):
             t = torch.full((cond.shape[0],), t_now, device=cond.device, dtype=torch.long)
-            x0 = _bounded(_guided(model, x, t, cond, guidance).to(x.dtype), clip, hook, t_now)
+            out = _guided(model, x, t, cond, guidance).to(x.dtype)
+            x0 = _bounded(self.x0_estimate(out, x, t, start), clip, hook, t_now)
             if i == len(ts) - 1:
                 return x0
             s, s_next = self.start_weight(t, x), self.start_weight(torch.full_like(t, ts[i + 1]), x)
@@ -294,7 +318,8 @@ def make_process(cfg, representation):
         return Diffusion(cfg["timesteps"], cfg["schedule"], cfg["prediction"],
                          frequency_exponent(representation, strength) if strength else None)
     if name == "bridge":
-        return Bridge(cfg["timesteps"], cfg["bridge_noise"], cfg["bridge_end"])
+        return Bridge(cfg["timesteps"], cfg["bridge_noise"], cfg["bridge_end"],
+                      cfg["bridge_param"])
     if name == "regression":
         return Regression()
     raise ConfigError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}")

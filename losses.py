@@ -17,8 +17,15 @@ so a loss can decode the network's x0 estimate and measure it in image space.
            frequency is weighted by what it costs in PSNR; the signed log and the per-frequency
            standardisation of the model's space weight them very differently.
     mix    (1 - loss_mix) * model + loss_mix * image.
+    image_fft  image + fft_loss_weight * the L1 distance of the real and imaginary parts of the
+           decoded x0's 2-D FFT from the clean window's, at fft_loss_scales scales (the window,
+           then halved by 2x2 averaging each time): the frequency loss of MIMO-UNet, DeepRFT
+           and SFNet / FSNet (there 0.1 beside a pixel L1). An L1 on the spectrum weighs a
+           frequency by its error's magnitude, not its square, so the faint high frequencies
+           that an MSE lets a blurry estimate give up cost more.
 """
 import torch
+import torch.nn.functional as F
 
 from helpers.errors import ConfigError
 from helpers.seeding import SampleGenerators, batch_generator, hash_seed
@@ -76,16 +83,16 @@ class DiffusionLoss:
                 start = self.rep.encode(batch["rain"].float(), batch["rain"].float())[0]
         x_t = self.process.train_input(x0, start, t, noise)
         pred = net(x_t, t, cond)
-        return self.per_element(pred, batch, x_t, t, noise)
+        return self.per_element(pred, batch, x_t, t, noise, start)
 
-    def per_element(self, pred, batch, x_t, t, noise):
+    def per_element(self, pred, batch, x_t, t, noise, start):
         raise NotImplementedError
 
 
 class ModelLoss(DiffusionLoss):
     name = "model"
 
-    def per_element(self, pred, batch, x_t, t, noise):
+    def per_element(self, pred, batch, x_t, t, noise, start):
         target = self.process.train_target(batch["target"], t, noise)
         return (pred.float() - target.float()) ** 2
 
@@ -93,12 +100,24 @@ class ModelLoss(DiffusionLoss):
 class ImageLoss(DiffusionLoss):
     name = "image"
 
-    def per_element(self, pred, batch, x_t, t, noise):
-        # the decode runs in float32 outside autocast: FFTs in bf16 are not supported
+    def decoded(self, pred, batch, x_t, t, start):
+        """The network's x0 estimate decoded to the image (float32, outside autocast: FFTs in
+        bf16 are not supported)."""
         with torch.autocast(pred.device.type, enabled=False):
-            x0_hat = self.process.x0_estimate(pred.float(), x_t.float(), t)
-            image = self.rep.decode(x0_hat, batch["rain"].float())
-            return (image - batch["clean"].float()) ** 2 / IMAGE_UNIT ** 2
+            x0_hat = self.process.x0_estimate(pred.float(), x_t.float(), t, start)
+            return self.rep.decode(x0_hat, batch["rain"].float())
+
+    def per_element(self, pred, batch, x_t, t, noise, start):
+        return (self.decoded(pred, batch, x_t, t, start) - batch["clean"].float()) ** 2 / \
+            IMAGE_UNIT ** 2
+
+
+def weighted_parts(parts):
+    """[(weight, per-element tensor (B, ...)), ...] -> one (B, N) tensor whose mean is the
+    weighted sum of the parts' means (the parts have different shapes)."""
+    flat = [(w, x.flatten(1)) for w, x in parts]
+    n = sum(x.shape[1] for _, x in flat)
+    return torch.cat([w * x * (n / x.shape[1]) for w, x in flat], dim=1)
 
 
 class MixLoss(DiffusionLoss):
@@ -114,14 +133,38 @@ class MixLoss(DiffusionLoss):
         self.parts = (ModelLoss(process, representation, p_uncond, seed),
                       ImageLoss(process, representation, p_uncond, seed))
 
-    def per_element(self, pred, batch, x_t, t, noise):
-        m, i = (p.per_element(pred, batch, x_t, t, noise).flatten(1) for p in self.parts)
-        n = m.shape[1] + i.shape[1]
-        return torch.cat([(1 - self.mix) * m * (n / m.shape[1]), self.mix * i * (n / i.shape[1])],
-                         dim=1)
+    def per_element(self, pred, batch, x_t, t, noise, start):
+        m, i = (p.per_element(pred, batch, x_t, t, noise, start) for p in self.parts)
+        return weighted_parts([(1 - self.mix, m), (self.mix, i)])
 
 
-LOSSES = {cls.name: cls for cls in (ModelLoss, ImageLoss, MixLoss)}
+class ImageFFTLoss(ImageLoss):
+    """The image loss plus an L1 on the spectrum of the decoded x0 at several scales (see the
+    module docstring), in units of IMAGE_UNIT: a coefficient off by 0.1 costs 1."""
+
+    name = "image_fft"
+
+    def __init__(self, process, representation, p_uncond, seed, weight, scales):
+        super().__init__(process, representation, p_uncond, seed)
+        self.weight, self.scales = float(weight), int(scales)
+        if self.scales < 1:
+            raise ConfigError(f"--fft-loss-scales must be at least 1, got {scales}")
+
+    def per_element(self, pred, batch, x_t, t, noise, start):
+        image = self.decoded(pred, batch, x_t, t, start)
+        clean = batch["clean"].float()
+        parts = [(1.0, (image - clean) ** 2 / IMAGE_UNIT ** 2)]
+        with torch.autocast(image.device.type, enabled=False):
+            for k in range(self.scales):
+                if k:  # the next scale: 2x2 means
+                    image, clean = F.avg_pool2d(image, 2), F.avg_pool2d(clean, 2)
+                d = torch.fft.rfft2(image - clean, norm="ortho")  # (B, 3, h, w // 2 + 1)
+                parts.append((self.weight, torch.cat([d.real.abs(), d.imag.abs()], dim=1)
+                              / IMAGE_UNIT))
+        return weighted_parts(parts)
+
+
+LOSSES = {cls.name: cls for cls in (ModelLoss, ImageLoss, MixLoss, ImageFFTLoss)}
 
 
 def make_loss(cfg, process, representation):
@@ -129,5 +172,11 @@ def make_loss(cfg, process, representation):
     name = cfg["loss"]
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    kw = {"mix": cfg["loss_mix"]} if name == "mix" else {}
+    kw = {"mix": {"mix": cfg["loss_mix"]},
+          "image_fft": {"weight": cfg["fft_loss_weight"], "scales": cfg["fft_loss_scales"]}
+          }.get(name, {})
+    if name in ("model", "mix") and getattr(process, "parametrisation", "x0") != "x0":
+        raise ConfigError(f"--loss {name} compares the network's output with x0, which the "
+                          f"bridge's {process.parametrisation} parametrisation does not output; "
+                          "use an image loss")
     return LOSSES[name](process, representation, cfg["p_uncond"], cfg["seed"], **kw)

@@ -98,7 +98,7 @@ class ResBlock(nn.Module):
     (FiLM / "scale-shift norm"): stronger conditioning than adding a bias, at the same cost.
     """
 
-    def __init__(self, in_ch, out_ch, time_dim, groups, dropout=0.0, spectral=False):
+    def __init__(self, in_ch, out_ch, time_dim, groups, dropout=0.0, fft_branch="none"):
         super().__init__()
         self.norm1 = norm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
@@ -107,7 +107,7 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-        self.fourier = FourierUnit(out_ch) if spectral else None
+        self.fourier = make_fft_branch(fft_branch, out_ch)
 
     def forward(self, x, temb):
         # x: (B, Cin, H, W); temb: (B, T) already passed through SiLU
@@ -121,9 +121,10 @@ class ResBlock(nn.Module):
 
 
 class FourierUnit(nn.Module):
-    """The global branch of a Fast Fourier Convolution (Chi et al. 2020): a 1x1 convolution of
-    the feature map's real FFT (real and imaginary parts as channels), transformed back, so every
-    output pixel sees the whole map. On a spectrum input it is a convolution in image space."""
+    """The global branch of a Fast Fourier Convolution (Chi et al. 2020; ``fft_branch="ffc"``):
+    a 1x1 convolution of the feature map's real FFT (real and imaginary parts as channels),
+    transformed back, so every output pixel sees the whole map. On a spectrum input it is a
+    convolution in image space."""
 
     def __init__(self, channels):
         super().__init__()
@@ -136,6 +137,43 @@ class FourierUnit(nn.Module):
             re, im = self.conv(torch.cat([f.real, f.imag], dim=1)).chunk(2, dim=1)
             out = torch.fft.irfft2(torch.complex(re, im), s=size, norm="ortho")
         return out.to(h.dtype)  # (B, C, H, W)
+
+
+class ResFFT(nn.Module):
+    """DeepRFT's Res-FFT-ReLU branch (Mao et al., AAAI 2023; ``fft_branch="res_fft"``): the
+    feature map's real FFT, a 1x1 convolution of its real and imaginary parts, ReLU, a second 1x1
+    convolution, the inverse FFT. The 1x1 convolutions mix channels at every frequency with the
+    same weights, so nothing depends on the map's size and every output pixel sees the whole
+    map. The FFT size is the map's: deraining cuts images into windows of the training crop, so
+    at test time the branch sees the sizes it was trained on (the crop and its downsampled
+    levels), as DeepRFT does. The last convolution starts at zero: at first the block is its
+    spatial branch alone."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.conv2 = nn.Conv2d(2 * channels, 2 * channels, 1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, h):
+        size = h.shape[-2:]
+        with torch.autocast(h.device.type, enabled=False):  # no FFTs in bf16
+            f = torch.fft.rfft2(h.float(), norm="ortho")  # (B, C, H, W // 2 + 1) complex
+            z = self.conv2(F.relu(self.conv1(torch.cat([f.real, f.imag], dim=1))))
+            re, im = z.chunk(2, dim=1)
+            out = torch.fft.irfft2(torch.complex(re, im), s=size, norm="ortho")
+        return out.to(h.dtype)  # (B, C, H, W)
+
+
+FFT_BRANCHES = {"none": None, "ffc": FourierUnit, "res_fft": ResFFT}
+
+
+def make_fft_branch(kind, channels):
+    """The global Fourier branch a block gets beside its spatial one (None for "none")."""
+    if kind not in FFT_BRANCHES:
+        raise ConfigError(f"unknown FFT branch {kind!r}; choose {', '.join(FFT_BRANCHES)}")
+    return FFT_BRANCHES[kind](channels) if FFT_BRANCHES[kind] else None
 
 
 class AttnBlock(nn.Module):
@@ -199,13 +237,13 @@ class Level(nn.Module):
     """The blocks of one resolution level: ResBlocks, each optionally followed by attention."""
 
     def __init__(self, in_ch, out_ch, n_blocks, time_dim, groups, dropout, attn, heads,
-                 spectral=False):
+                 fft_branch="none"):
         super().__init__()
         self.res = nn.ModuleList()
         self.attn = nn.ModuleList()
         for i in range(n_blocks):
             self.res.append(ResBlock(in_ch if i == 0 else out_ch, out_ch, time_dim, groups, dropout,
-                                     spectral))
+                                     fft_branch))
             self.attn.append(AttnBlock(out_ch, heads, groups) if attn else nn.Identity())
 
     def forward(self, x, temb):
@@ -233,14 +271,16 @@ class UNet_conditional(nn.Module):
         attn_heads: heads of every attention block (the level width must be divisible by it).
         dropout: dropout inside ResBlocks.
         groups: maximum GroupNorm groups (the largest divisor of each width <= groups is used).
-        ffc: every ResBlock gets a global Fourier branch beside its 3x3 convolution
-            (FourierUnit; the dual spectral/spatial block of Fast Fourier Convolutions).
+        fft_branch: every ResBlock gets a global Fourier branch beside its 3x3 convolution:
+            "none", "ffc" (FourierUnit; the dual block of Fast Fourier Convolutions) or
+            "res_fft" (ResFFT, DeepRFT's Res-FFT-ReLU).
     """
 
-    # The shape comes from a preset of MODEL_PRESETS (build_network); dropout and the FFC branch
-    # are off unless asked for.
+    # The shape comes from a preset of MODEL_PRESETS (build_network); dropout and the Fourier
+    # branch are off unless asked for.
     def __init__(self, in_channels, cond_channels, out_channels, base_channels, channel_mults,
-                 num_res_blocks, attn_levels, attn_heads, groups, dropout=0.0, ffc=False):
+                 num_res_blocks, attn_levels, attn_heads, groups, dropout=0.0,
+                 fft_branch="none"):
         super().__init__()
         channel_mults = tuple(int(m) for m in channel_mults)
         attn_levels = tuple(sorted({int(a) for a in attn_levels}))
@@ -267,7 +307,8 @@ class UNet_conditional(nn.Module):
                            out_channels=int(out_channels), base_channels=int(base_channels),
                            channel_mults=list(channel_mults), num_res_blocks=nrb_config,
                            attn_levels=list(attn_levels), attn_heads=int(attn_heads),
-                           dropout=float(dropout), groups=int(groups), ffc=bool(ffc))
+                           dropout=float(dropout), groups=int(groups),
+                           fft_branch=str(fft_branch))
         self.in_channels, self.cond_channels, self.out_channels = in_channels, cond_channels, out_channels
         self.n_down = n_levels - 1
         self.attn_levels = attn_levels
@@ -287,16 +328,16 @@ class UNet_conditional(nn.Module):
         self.downsamples = nn.ModuleList()
         for i, w in enumerate(widths):
             self.down_levels.append(Level(w, w, blocks[i], time_dim, groups, dropout,
-                                          i in attn_levels, attn_heads, ffc))
+                                          i in attn_levels, attn_heads, fft_branch))
             if i < self.n_down:
                 self.downsamples.append(Downsample(w, widths[i + 1]))
 
         # Middle (deepest resolution): res -> (attn) -> res.
         deep = widths[-1]
-        self.mid1 = ResBlock(deep, deep, time_dim, groups, dropout, ffc)
+        self.mid1 = ResBlock(deep, deep, time_dim, groups, dropout, fft_branch)
         self.mid_attn = (AttnBlock(deep, attn_heads, groups) if self.n_down in attn_levels
                          else nn.Identity())
-        self.mid2 = ResBlock(deep, deep, time_dim, groups, dropout, ffc)
+        self.mid2 = ResBlock(deep, deep, time_dim, groups, dropout, fft_branch)
 
         # Decoder: mirror of the encoder. Level i takes [upsampled deeper features, encoder skip]
         # concatenated (2 * widths[i] channels) and returns widths[i].
@@ -304,7 +345,7 @@ class UNet_conditional(nn.Module):
         self.upsamples = nn.ModuleList()
         for i, w in enumerate(widths):
             self.up_levels.append(Level(2 * w, w, blocks[i], time_dim, groups, dropout,
-                                        i in attn_levels, attn_heads, ffc))
+                                        i in attn_levels, attn_heads, fft_branch))
             if i < self.n_down:
                 self.upsamples.append(Upsample(widths[i + 1], w))
 
@@ -419,35 +460,180 @@ class PixelTrunk(nn.Module):
             return self.rep.encode(rain + out.float(), rain)[0].to(x.dtype)
 
 
-NETWORKS = ("unet", "pixel_trunk", "ffc")
-X0_NETWORKS = ("pixel_trunk",)  # networks whose output is an x0 estimate
+# ============================================================================ NAFNet-style trunk
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of every pixel (NAFNet's normalisation)."""
+
+    def __init__(self, channels, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.eps = eps
+
+    def forward(self, x):
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        return (x - mu) / (var + self.eps).sqrt() * self.weight + self.bias
+
+
+class NAFBlock(nn.Module):
+    """A block of a NAFNet (Chen et al., ECCV 2022), written from the paper: LayerNorm, 1x1
+    expansion, depthwise 3x3, SimpleGate (one half of the channels times the other), simplified
+    channel attention (a 1x1 convolution of the global mean), 1x1 projection; then a gated 1x1
+    feed-forward part; both residuals scaled by learned per-channel factors that start at 0.
+    The time embedding modulates the first normalisation (FiLM, as in the U-Net's ResBlock).
+    With fft_branch, a global Fourier branch of the block's input is added beside the spatial
+    one (the place DeepRFT gives it)."""
+
+    def __init__(self, c, time_dim, fft_branch="none"):
+        super().__init__()
+        self.norm1, self.norm2 = LayerNorm2d(c), LayerNorm2d(c)
+        self.time_proj = nn.Linear(time_dim, 2 * c)
+        self.expand = nn.Conv2d(c, 2 * c, 1)
+        self.depthwise = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
+        self.attention = nn.Conv2d(c, c, 1)  # on the global average: one weight per channel
+        self.project = nn.Conv2d(c, c, 1)
+        self.ffn_in, self.ffn_out = nn.Conv2d(c, 2 * c, 1), nn.Conv2d(c, c, 1)
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.fourier = make_fft_branch(fft_branch, c)
+
+    def forward(self, x, temb):
+        # x: (B, C, H, W); temb: (B, T) after SiLU
+        scale, shift = self.time_proj(temb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1)
+        h = self.norm1(x) * (1 + scale) + shift
+        a, b = self.depthwise(self.expand(h)).chunk(2, dim=1)  # SimpleGate
+        h = a * b  # (B, C, H, W)
+        h = h * self.attention(h.mean(dim=(2, 3), keepdim=True))  # simplified channel attention
+        y = x + self.project(h) * self.beta
+        if self.fourier is not None:
+            y = y + self.fourier(x)
+        a, b = self.ffn_in(self.norm2(y)).chunk(2, dim=1)
+        return y + self.ffn_out(a * b) * self.gamma  # (B, C, H, W)
+
+
+class NAFNet(nn.Module):
+    """A NAFNet-style encoder-decoder (``forward(x, t, cond=None) -> (B, out_channels, H, W)``),
+    the trunk of ``--network naf`` / ``naf_fft``: a 3x3 convolution in, levels of NAFBlocks at
+    widths width * 2**i, each halved in size by a strided 2x2 convolution, middle blocks, then
+    pixel-shuffle upsampling with the encoder's output added back, and a 3x3 convolution out
+    (started at zero: the untrained network predicts no change). Any size works: the input is
+    padded to a multiple of 2**levels and the output cropped."""
+
+    def __init__(self, in_channels, out_channels, width, enc_blocks, middle_blocks, dec_blocks,
+                 fft_branch="none", cond_channels=0):
+        super().__init__()
+        if len(enc_blocks) != len(dec_blocks):
+            raise ConfigError(f"enc_blocks {enc_blocks} and dec_blocks {dec_blocks} need one "
+                              "entry per level each")
+        self.config = dict(in_channels=int(in_channels), out_channels=int(out_channels),
+                           width=int(width), enc_blocks=[int(n) for n in enc_blocks],
+                           middle_blocks=int(middle_blocks),
+                           dec_blocks=[int(n) for n in dec_blocks], fft_branch=str(fft_branch),
+                           cond_channels=int(cond_channels))
+        self.in_channels, self.cond_channels = in_channels, cond_channels
+        time_dim = 4 * width
+        self.t_sin_dim = width
+        self.time_mlp = nn.Sequential(nn.Linear(width, time_dim), nn.SiLU(),
+                                      nn.Linear(time_dim, time_dim))
+        self.conv_in = nn.Conv2d(in_channels + cond_channels, width, 3, padding=1)
+        blocks = lambda c, n: nn.ModuleList(NAFBlock(c, time_dim, fft_branch) for _ in range(n))
+        self.encoders, self.downs, self.ups, self.decoders = (nn.ModuleList() for _ in range(4))
+        c = width
+        for n in enc_blocks:
+            self.encoders.append(blocks(c, n))
+            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
+            c *= 2
+        self.middle = blocks(c, middle_blocks)
+        for n in dec_blocks:
+            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.PixelShuffle(2)))
+            c //= 2
+            self.decoders.append(blocks(c, n))
+        self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x, t, cond=None):
+        b, _, h, w = x.shape
+        if not torch.is_tensor(t):
+            t = torch.tensor(t, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(b)
+        temb = F.silu(self.time_mlp(timestep_embedding(t.to(x.device), self.t_sin_dim)))
+        if self.cond_channels:
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        m = 2 ** len(self.encoders)
+        ph, pw = (h + m - 1) // m * m - h, (w + m - 1) // m * m - w
+        top, left = ph // 2, pw // 2
+        if ph or pw:
+            x = F.pad(x, (left, pw - left, top, ph - top))
+        z = self.conv_in(x)  # (B, width, H', W')
+        skips = []
+        for level, down in zip(self.encoders, self.downs):
+            for block in level:
+                z = block(z, temb)
+            skips.append(z)
+            z = down(z)  # (B, 2c, H/2, W/2)
+        for block in self.middle:
+            z = block(z, temb)
+        for up, level, skip in zip(self.ups, self.decoders, reversed(skips)):
+            z = up(z) + skip  # (B, c, 2H, 2W)
+            for block in level:
+                z = block(z, temb)
+        out = self.conv_out(z)
+        return out[:, :, top:top + h, left:left + w]  # (B, out_channels, H, W)
+
+
+# The NAFNet-style trunk's sizes, under the same names as the U-Net's (--model).
+NAF_PRESETS = {
+    "small": dict(width=16, enc_blocks=(1, 1, 2, 4), middle_blocks=4, dec_blocks=(1, 1, 1, 1)),
+    "default": dict(width=32, enc_blocks=(1, 1, 2, 4), middle_blocks=6, dec_blocks=(1, 1, 1, 1)),
+    "large": dict(width=32, enc_blocks=(2, 2, 4, 8), middle_blocks=12, dec_blocks=(2, 2, 2, 2)),
+}
+
+
+# ============================================================================ the networks
+# --network: (what the trunk works on, the trunk, the Fourier branch in every block). A trunk
+# on "pixels" sits in a PixelTrunk (the state and the condition decoded to the image, its
+# change out, encoded back: an x0 estimate); on "channels" in a Denoiser, over the
+# representation's own channels (for a spectrum: 3x3 convolutions over the frequencies).
+NETWORKS = {
+    "unet": ("channels", "unet", "none"),
+    "ffc": ("channels", "unet", "ffc"),
+    "pixel_trunk": ("pixels", "unet", "none"),
+    "pixel_trunk_fft": ("pixels", "unet", "res_fft"),
+    "naf": ("pixels", "naf", "none"),
+    "naf_fft": ("pixels", "naf", "res_fft"),
+}
+X0_NETWORKS = tuple(k for k, (space, _, _) in NETWORKS.items() if space == "pixels")
+TRUNKS = {"unet": (UNet_conditional, MODEL_PRESETS), "naf": (NAFNet, NAF_PRESETS)}
 
 
 def build_network(cfg, representation, trunk_config=None):
-    """The network for a resolved config and its representation (cfg['network']: unet, the
-    U-Net over the representation's channels; ffc, the same with a global Fourier branch in
-    every block; pixel_trunk, see PixelTrunk). trunk_config: the U-Net arguments a checkpoint
-    stored (default: the preset cfg['model'] with cfg['model_args'])."""
+    """The network for a resolved config and its representation (cfg['network'], see
+    NETWORKS). trunk_config: the trunk's arguments a checkpoint stored (default: the preset
+    cfg['model'] of the trunk with cfg['model_args'])."""
     kind = cfg["network"]
     if kind not in NETWORKS:
         raise ConfigError(f"unknown network {kind!r}; choose {', '.join(NETWORKS)}")
+    space, trunk_name, branch = NETWORKS[kind]
+    trunk_class, presets = TRUNKS[trunk_name]
     if trunk_config is None:
-        if cfg["model"] not in MODEL_PRESETS:
-            raise ConfigError(f"unknown model {cfg['model']!r}; choose "
-                              f"{', '.join(MODEL_PRESETS)}")
+        if cfg["model"] not in presets:
+            raise ConfigError(f"unknown model {cfg['model']!r}; choose {', '.join(presets)}")
         c = representation.channels
-        if kind == "pixel_trunk":  # (change, rain) pixels in, the change out
+        if space == "pixels":  # (change, rain) pixels in, the change out
             io = {"in_channels": 6, "cond_channels": 0, "out_channels": 3}
         else:
             extra = representation.extra_channels if cfg["freq_coords"] else 0
-            io = {"in_channels": c, "cond_channels": c + extra, "out_channels": c,
-                  "ffc": kind == "ffc"}
-        trunk_config = {**MODEL_PRESETS[cfg["model"]], **cfg["model_args"], **io}
-    unknown = set(trunk_config) - set(inspect.signature(UNet_conditional).parameters)
+            io = {"in_channels": c, "cond_channels": c + extra, "out_channels": c}
+        trunk_config = {**presets[cfg["model"]], **cfg["model_args"], **io, "fft_branch": branch}
+    unknown = set(trunk_config) - set(inspect.signature(trunk_class).parameters)
     if unknown:
-        raise ConfigError(f"the U-Net takes no argument(s) {sorted(unknown)} (--model-args)")
-    trunk = UNet_conditional(**trunk_config)
-    if kind == "pixel_trunk":
+        raise ConfigError(f"the {trunk_name} trunk takes no argument(s) {sorted(unknown)} "
+                          "(--model-args)")
+    trunk = trunk_class(**trunk_config)
+    if space == "pixels":
         return PixelTrunk(trunk, representation)
     uses_extra = trunk.cond_channels > representation.channels
     return Denoiser(trunk, representation if uses_extra else None)

@@ -24,7 +24,8 @@ implementation. Wang's ssim.m downsamples by round(min(H, W) / 256); for the 481
 Python code).
 
 Use:
-    score_pair(pred, target)                -> {"psnr_y", "ssim_y", "psnr_rgb"}
+    score_pair(pred, target)                -> {"psnr_y", "ssim_y", "psnr_rgb", "hf_err_db",
+                                                "hf_bias_db"}
     score_folders(pred_dir, target_dir, input_dir=None, workers=None) -> FolderScores
     write_scores_csv(result.rows, "per_image.csv")
     print(format_summary(result.summary))
@@ -46,7 +47,9 @@ from helpers.pairs import read_pairs
 
 PEAK = 255.0
 SSIM_SIGMA = 1.5
-METRICS = ("psnr_y", "ssim_y", "psnr_rgb")
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "hf_err_db", "hf_bias_db")
+SPECTRAL_BANDS = 8  # rings of equal width in radial frequency, 0 to 0.5 cycles per pixel
+HIGH_BANDS = slice(4, None)  # the upper half of them (0.25 to 0.5 cycles per pixel)
 BASELINE_PREFIX = "input_"  # per-image baseline columns: input_psnr_y, input_ssim_y, ...
 
 # BT.601 coefficients times 1000 and the divisor 255 * 1000: exact integer arithmetic.
@@ -123,8 +126,37 @@ def ssim_y(pred_u8, target_u8):
     return _ssim(rgb_to_y(pred), rgb_to_y(target))
 
 
+def band_power_db(y, bands=SPECTRAL_BANDS):
+    """The radially averaged power spectrum of a luma image (H, W), in dB per ring: the mean
+    removed, a 2-D Hann window against the leakage of the image's borders, |FFT|^2 averaged over
+    rings of equal width in radial frequency from 0 to 0.5 cycles per pixel -> (bands,)."""
+    y = np.asarray(y, np.float64)
+    h, w = y.shape
+    window = np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(np.fft.fft2((y - y.mean()) * window)) ** 2 / window.sum() ** 2
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
+    ring = np.minimum((radius / 0.5 * bands).astype(int), bands)  # >= 0.5 (the corners): out
+    sums = np.bincount(ring.ravel(), power.ravel(), bands + 1)[:bands]
+    counts = np.bincount(ring.ravel(), minlength=bands + 1)[:bands]
+    return 10 * np.log10(sums / np.maximum(counts, 1) + 1e-12)
+
+
+def spectral_error(pred_u8, target_u8):
+    """How the output's high frequencies compare with the clean image's: the radially
+    averaged power spectra of the two Y channels (band_power_db) in the upper half of the rings
+    (0.25 to 0.5 cycles per pixel: fine detail, and rain streaks) -> {"hf_err_db": the mean
+    absolute difference in dB (0 for the same spectrum; lower is better), "hf_bias_db": the mean
+    signed difference (negative: energy missing, a blurred output; positive: energy added,
+    rain or noise left)}. PSNR rewards the mean estimate, which blurs; this says whether the
+    detail is there, in its right amount, whatever its exact phase. Needs no trained weights."""
+    pred, target = _check_pair(pred_u8, target_u8)
+    d = (band_power_db(rgb_to_y(pred)) - band_power_db(rgb_to_y(target)))[HIGH_BANDS]
+    return {"hf_err_db": float(np.mean(np.abs(d))), "hf_bias_db": float(np.mean(d))}
+
+
 def score_pair(pred, target):
-    """All metrics for one pair -> {"psnr_y", "ssim_y", "psnr_rgb"} (floats; PSNR may be inf).
+    """All metrics for one pair -> {"psnr_y", "ssim_y", "psnr_rgb", "hf_err_db", "hf_bias_db"}
+    (floats; PSNR may be inf).
 
     `pred` and `target` are uint8 (H, W, 3) arrays or image paths (read with read_rgb, which
     raises ImageError naming a bad file). Raises ValueError when the sizes differ."""
@@ -134,7 +166,8 @@ def score_pair(pred, target):
         target = read_rgb(target)
     pred, target = _check_pair(pred, target)
     yp, yt = rgb_to_y(pred), rgb_to_y(target)
-    return {"psnr_y": _psnr(yp, yt), "ssim_y": _ssim(yp, yt), "psnr_rgb": _psnr(pred, target)}
+    return {"psnr_y": _psnr(yp, yt), "ssim_y": _ssim(yp, yt), "psnr_rgb": _psnr(pred, target),
+            **spectral_error(pred, target)}
 
 
 # ---------------------------------------------------------------- folders
@@ -304,8 +337,8 @@ def score_folders(pred_dir, target_dir, input_dir=None, workers=None):
 
 
 def summarize(rows, baseline=False, n_failed=0):
-    """Means of per-image rows: {"n", "n_failed", "psnr_y", "ssim_y", "psnr_rgb" (nan when no
-    row), "baseline": the same means of the input_* columns, or None without a baseline}."""
+    """Means of per-image rows: {"n", "n_failed", and each of METRICS (nan when no row),
+    "baseline": the same means of the input_* columns, or None without a baseline}."""
     summary = {"n": len(rows), "n_failed": n_failed,
                **{k: _mean([r[k] for r in rows]) for k in METRICS}, "baseline": None}
     if baseline:
@@ -316,7 +349,7 @@ def summarize(rows, baseline=False, n_failed=0):
 # ---------------------------------------------------------------- output
 def write_scores_csv(rows, path):
     """Write per-image rows (dicts, e.g. FolderScores.rows) to a CSV file atomically. Columns:
-    name, pred, target, psnr_y, ssim_y, psnr_rgb, then input and input_* when present, then any
+    name, pred, target, the METRICS, then input and input_* when present, then any
     other keys in first-seen order. Floats keep full precision; an infinite PSNR is 'inf'."""
     preferred = ["name", "pred", "target", *METRICS, "input", *(BASELINE_PREFIX + k for k in METRICS)]
     keys = []
@@ -331,10 +364,12 @@ def write_scores_csv(rows, path):
 
 
 def format_summary(summary, rgb=False):
-    """A plain-text table of a summary from score_folders: mean PSNR-Y (dB), SSIM-Y and the
-    image count for the predictions, and with a baseline also the input and the gain over it.
+    """A plain-text table of a summary from score_folders: mean PSNR-Y (dB), SSIM-Y, the
+    high-frequency spectral error (spectral_error, dB: lower is better) and the image count for
+    the predictions, and with a baseline also the input and the gain over it.
     `rgb` adds a PSNR-RGB column. Ends with the failure count when there were failures."""
-    cols = [("PSNR-Y", "psnr_y", "{:.4f}", "{:+.4f}"), ("SSIM-Y", "ssim_y", "{:.4f}", "{:+.4f}")]
+    cols = [("PSNR-Y", "psnr_y", "{:.4f}", "{:+.4f}"), ("SSIM-Y", "ssim_y", "{:.4f}", "{:+.4f}"),
+            ("HF-err dB", "hf_err_db", "{:.3f}", "{:+.3f}")]
     if rgb:
         cols.append(("PSNR-RGB", "psnr_rgb", "{:.4f}", "{:+.4f}"))
     lines = [f"{'':<18}" + "".join(f"{h:>10}" for h, *_ in cols) + f"{'n':>6}"]

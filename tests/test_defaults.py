@@ -109,7 +109,8 @@ def test_choices_come_from_the_registries():
     assert CHOICES == {"representation": representations.names(),
                        "target": representations.TARGETS, "norm": representations.NORMS,
                        "schedule": SCHEDULES, "prediction": PREDICTIONS, "loss": tuple(LOSSES),
-                       "network": NETWORKS, "process": PROCESSES, "model": tuple(MODEL_PRESETS),
+                       "network": tuple(NETWORKS), "process": PROCESSES,
+                       "model": tuple(MODEL_PRESETS),
                        "sampler": SAMPLERS, "amp": tuple(AMP)}
     for key, allowed in CHOICES.items():
         assert D.launch()[key] in allowed, key

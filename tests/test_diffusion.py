@@ -208,7 +208,7 @@ def test_every_step_of_gaussian_data_has_the_right_conditional_law(sampler, pred
 # ---------------------------------------------------------------- bridge and regression
 def test_bridge_runs_from_the_rainy_input_to_the_target():
     from diffusion import Bridge
-    b = Bridge(1000, noise=0.1, end=0.0)
+    b = Bridge(1000, noise=0.1, end=0.0, parametrisation="x0")
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(4, 6, 8, 8, generator=g, dtype=torch.float64)
     start = torch.randn(4, 6, 8, 8, generator=g, dtype=torch.float64)
@@ -235,24 +235,24 @@ def test_bridge_runs_from_the_rainy_input_to_the_target():
 def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
     from diffusion import Bridge, make_process
     x0 = torch.zeros(4000, 1, 2, 2)
-    base_t, base_noise = Bridge(1000, 0.1, 0.0).draw(x0, torch.Generator().manual_seed(3))
-    t, noise = Bridge(1000, 0.1, 0.25).draw(x0, torch.Generator().manual_seed(3))
+    base_t, base_noise = Bridge(1000, 0.1, 0.0, "x0").draw(x0, torch.Generator().manual_seed(3))
+    t, noise = Bridge(1000, 0.1, 0.25, "x0").draw(x0, torch.Generator().manual_seed(3))
     assert torch.equal(noise, base_noise)  # the same noise; only t changes
     moved = t != base_t
     assert torch.equal(t[moved], torch.full_like(t[moved], 999))
     frac = (t == 999).double().mean().item()  # 0.25 + 0.75 / 1000 expected
     assert abs(frac - 0.25075) < 4 * (0.25 * 0.75 / 4000) ** 0.5
     # the share the process reports (helpers/loss_by_t.py prints it) is the one it draws
-    for b, tt in ((Bridge(1000, 0.1, 0.25), t), (Bridge(1000, 0.1, 0.0), base_t)):
+    for b, tt in ((Bridge(1000, 0.1, 0.25, "x0"), t), (Bridge(1000, 0.1, 0.0, "x0"), base_t)):
         for at in (999, 900, 500, 0):
             share = (tt >= at).double().mean().item()
             assert abs(b.share_at_or_above(at) - share) < 4 * (0.25 / 4000) ** 0.5
-    assert Bridge(1000, 0.1, 0.25).share_at_or_above(999) == pytest.approx(0.25075)
-    assert Bridge(1000, 0.1, 0.25).share_at_or_above(0) == 1.0
+    assert Bridge(1000, 0.1, 0.25, "x0").share_at_or_above(999) == pytest.approx(0.25075)
+    assert Bridge(1000, 0.1, 0.25, "x0").share_at_or_above(0) == 1.0
     # per-sample generators (the training loop's): a sample's draw does not depend on its batch
     from helpers.seeding import SampleGenerators
-    t6, n6 = Bridge(1000, 0.1, 0.5).draw(x0[:6], SampleGenerators(range(6), "cpu"))
-    t3, n3 = Bridge(1000, 0.1, 0.5).draw(x0[:3], SampleGenerators(range(3), "cpu"))
+    t6, n6 = Bridge(1000, 0.1, 0.5, "x0").draw(x0[:6], SampleGenerators(range(6), "cpu"))
+    t3, n3 = Bridge(1000, 0.1, 0.5, "x0").draw(x0[:3], SampleGenerators(range(3), "cpu"))
     assert torch.equal(t6[:3], t3) and torch.equal(n6[:3], n3)
     # and sample i's draws are those of a generator seeded with its seed, in the order t, noise,
     # the end's uniform draw
@@ -262,24 +262,25 @@ def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
     u_4 = torch.rand(1, generator=g)
     assert torch.equal(n6[4], noise_4)
     assert t6[4] == (999 if u_4 < 0.5 else t_4)
-    cfg = {"process": "bridge", "timesteps": 1000, "bridge_noise": 0.1, "bridge_end": 0.3}
+    cfg = {"process": "bridge", "timesteps": 1000, "bridge_noise": 0.1, "bridge_end": 0.3,
+           "bridge_param": "x0"}
     assert make_process(cfg, None).end == 0.3
     assert make_process({**cfg, "bridge_end": 0.0}, None).end == 0
     with pytest.raises(ValueError, match="bridge-end"):
-        Bridge(1000, 0.1, 1.5)
+        Bridge(1000, 0.1, 1.5, "x0")
 
 
 def test_bridge_noiseless_x0_inverts_a_noise_free_state_and_refuses_the_rainy_end():
     from diffusion import Bridge
     g = torch.Generator().manual_seed(0)
     x0, start = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
-    b = Bridge(100, noise=0.0, end=0.0)
+    b = Bridge(100, noise=0.0, end=0.0, parametrisation="x0")
     t = torch.tensor([0, 50, 98])
     x_t = b.train_input(x0, start, t, torch.randn(x0.shape, generator=g))
     torch.testing.assert_close(b.noiseless_x0(x_t, start, t), x0)
     assert torch.equal(b.start_weight(t, x0).flatten(), (t + 1) / 100)
     assert b.noiseless_x0(x_t, start, torch.tensor([0, 50, 99])) is None  # x_{T-1} = start
-    noisy = Bridge(100, noise=0.1, end=0.0)  # with noise the inversion is off by sigma / (1 - s) eps
+    noisy = Bridge(100, noise=0.1, end=0.0, parametrisation="x0")  # with noise the inversion is off by sigma / (1 - s) eps
     x_t = noisy.train_input(x0, start, t, torch.ones_like(x0))
     err = noisy.noiseless_x0(x_t, start, t) - x0
     s = (t + 1).double() / 100
@@ -320,3 +321,35 @@ def test_a_frequency_schedule_noises_low_frequencies_last():
     with pytest.raises(ValueError, match="frequency coordinates"):
         frequency_exponent(representations.make_transform("pixels", 16, False), 0.5)
     assert np.isfinite(exp.numpy()).all()
+
+
+def test_the_skip_parametrisation_is_the_inversion_plus_a_correction_weighted_by_s():
+    from diffusion import Bridge
+    g = torch.Generator().manual_seed(0)
+    x0, start, eps = (torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64) for _ in "abc")
+    b = Bridge(1000, 0.1, 0.9, "skip")
+    t = torch.tensor([999, 500, 0])
+    x_t = b.train_input(x0, start, t, eps)
+    out = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    est = b.x0_estimate(out, x_t, t, start)
+    torch.testing.assert_close(est[0], out[0])  # at the rainy end it is the network's answer
+    s = b.start_weight(t, x_t)
+    torch.testing.assert_close(est, x_t - s * start + s * out)
+    inv = b.noiseless_x0(x_t[1:], start[1:], t[1:])  # = (1 - s) inv + s out where s < 1
+    torch.testing.assert_close(est[1:], (1 - s[1:]) * inv + s[1:] * out[1:])
+    assert (est[2] - x0[2]).abs().max() < 0.01 + 0.001 * out[2].abs().max()  # s = 1/T: ~x_t
+    # sampling: with the network that outputs the F making the estimate exact, every step's
+    # estimate is x0, from the rainy start to the end
+    seen = []
+
+    class Exact(torch.nn.Module):
+        def forward(self, x, tt, cond):
+            ss = b.start_weight(tt, x)
+            f = (x0 - x + ss * start) / ss
+            seen.append(b.x0_estimate(f, x, tt, start))
+            return f
+    got = b.sample(Exact(), torch.zeros_like(x0), start, "ddim", 4, 0.0, 1.0)
+    torch.testing.assert_close(got, x0)
+    assert len(seen) == 4 and all(torch.allclose(e, x0) for e in seen)
+    with pytest.raises(ValueError, match="bridge-param"):
+        Bridge(1000, 0.1, 0.9, "eps")

@@ -1,5 +1,7 @@
 """Every lever of the variant study trains a few steps, records itself in the checkpoint, and
 derains through the one sampling path (tiny model, CPU, in-process)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from sampling import derain_items, pairs_items
 from tests.helpers_data import make_pairs
 from tests.test_training import _args
 
+NAF_TINY = '{"width": 8, "enc_blocks": [1, 1], "middle_blocks": 1, "dec_blocks": [1, 1]}'
 LEVERS = {
     "pixel_trunk": ["--network", "pixel_trunk", "--prediction", "x0", "--signed-log", "false",
                     "--loss", "image"],
@@ -28,6 +31,12 @@ LEVERS = {
     "mix_loss": ["--loss", "mix", "--loss-mix", "0.3"],
     "coupled": ["--coupled", "true", "--sample-steps", "3"],
     "freq_schedule": ["--process", "diffusion", "--network", "unet", "--freq-schedule", "0.5"],
+    "pixel_trunk_fft": ["--network", "pixel_trunk_fft"],
+    "naf": ["--network", "naf", "--model-args", NAF_TINY],
+    "naf_fft": ["--network", "naf_fft", "--representation", "pixels", "--model-args", NAF_TINY],
+    "fft_loss": ["--loss", "image_fft", "--fft-loss-weight", "0.2", "--fft-loss-scales", "2"],
+    "bridge_skip": ["--bridge-param", "skip", "--sample-steps", "3"],
+    "window32": ["--crop", "32"],
 }
 
 
@@ -56,6 +65,16 @@ HONOURED = {
     "coupled": lambda tr, d: d.settings["coupled"] and d.settings["sample_steps"] == 3,
     "freq_schedule": lambda tr, d: d.diffusion.exponent is not None and
     float(d.diffusion.exponent.min()) == 0.5,
+    "pixel_trunk_fft": lambda tr, d: type(d.model).__name__ == "PixelTrunk" and
+    any(type(m).__name__ == "ResFFT" for m in d.model.modules()),
+    "naf": lambda tr, d: type(d.model.trunk).__name__ == "NAFNet" and
+    not any(type(m).__name__ == "ResFFT" for m in d.model.modules()),
+    "naf_fft": lambda tr, d: type(d.model.trunk).__name__ == "NAFNet" and
+    any(type(m).__name__ == "ResFFT" for m in d.model.modules()) and d.rep.name == "pixels",
+    "fft_loss": lambda tr, d: type(tr.parts.loss).__name__ == "ImageFFTLoss" and
+    (tr.parts.loss.weight, tr.parts.loss.scales) == (0.2, 2),
+    "bridge_skip": lambda tr, d: d.diffusion.parametrisation == "skip",
+    "window32": lambda tr, d: d.rep.crop == 32 and d.rep.shape(32, 32)[1:] == (32, 32),
 }
 
 
@@ -79,7 +98,11 @@ def test_lever_trains_and_derains(lever, pairs, tmp_path):
     flags = LEVERS[lever]
     for flag, value in zip(flags[::2], flags[1::2]):  # the checkpoint records the lever
         key = flag[2:].replace("-", "_")
-        assert str(ckpt["config"][key]).lower() == value.lower(), key
+        recorded = ckpt["config"][key]
+        if isinstance(recorded, dict):
+            assert recorded == json.loads(value), key
+        else:
+            assert str(recorded).lower() == value.lower(), key
     derainer, _ = load_derainer(ckpt["path"])
     assert HONOURED[lever](trainer, derainer)  # ...and what it rebuilds is that lever
     report = derain_items(derainer, pairs_items(pairs), out_dir=tmp_path / "out", score=True,

@@ -5,7 +5,7 @@ import torch
 
 import representations
 from diffusion import Diffusion
-from losses import IMAGE_UNIT, LOSSES, ImageLoss, MixLoss, ModelLoss, make_loss
+from losses import IMAGE_UNIT, LOSSES, ImageFFTLoss, ImageLoss, MixLoss, ModelLoss, make_loss
 from tests.helpers_data import make_rep
 
 
@@ -115,12 +115,38 @@ def test_condition_dropout_zeroes_the_condition():
 
 def test_losses_are_chosen_by_name():
     rep, d = _rep(), Diffusion(1000, "cosine", "v")
-    cfg = {"loss": "mix", "loss_mix": 0.25, "p_uncond": 0.1, "seed": 3}
+    cfg = {"loss": "mix", "loss_mix": 0.25, "p_uncond": 0.1, "seed": 3,
+           "fft_loss_weight": 0.2, "fft_loss_scales": 2}
     loss = make_loss(cfg, d, rep)
     assert isinstance(loss, MixLoss) and loss.mix == 0.25 and loss.p_uncond == 0.1
-    assert set(LOSSES) == {"model", "image", "mix"}
+    loss = make_loss({**cfg, "loss": "image_fft"}, d, rep)
+    assert isinstance(loss, ImageFFTLoss) and (loss.weight, loss.scales) == (0.2, 2)
+    assert set(LOSSES) == {"model", "image", "mix", "image_fft"}
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss({**cfg, "loss": "l1"}, d, rep)
+    from diffusion import Bridge  # a skip-parametrised bridge has no x0 output to compare with
+    with pytest.raises(ValueError, match="image loss"):
+        make_loss({**cfg, "loss": "model"}, Bridge(1000, 0.1, 0.9, "skip"), rep)
+
+
+@pytest.mark.parametrize("scales", [1, 3])
+def test_the_frequency_loss_adds_the_spectrum_l1_at_each_scale(scales):
+    import torch.nn.functional as F
+    rep, d = _rep(log=False), Diffusion(1000, "cosine", "x0")
+    batch = _batch(rep, crop=8)
+    net = Fixed(batch["target"].shape)
+    got = ImageFFTLoss(d, rep, 0.0, 0, 0.3, scales)(net, batch).mean()
+    image, clean = rep.decode(net.out.detach(), batch["rain"]), batch["clean"]
+    expected = ((image - clean) ** 2).mean() / IMAGE_UNIT ** 2
+    for k in range(scales):
+        a, b = F.avg_pool2d(image, 2 ** k), F.avg_pool2d(clean, 2 ** k)
+        spec = torch.fft.rfft2(a - b, norm="ortho")
+        expected += 0.3 * torch.cat([spec.real.abs(), spec.imag.abs()]).mean() / IMAGE_UNIT
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # and a perfect estimate costs nothing
+    exact = Fixed(batch["target"].shape)
+    exact.out.data = batch["target"].clone()
+    assert ImageFFTLoss(d, rep, 0.0, 0, 0.3, scales)(exact, batch).max() < 1e-4  # float32
 
 
 def test_the_default_process_bridge_feeds_the_network_a_point_between_rain_and_target():
@@ -132,7 +158,7 @@ def test_the_default_process_bridge_feeds_the_network_a_point_between_rain_and_t
     rep = _rep(log=False)
     batch = {**_batch(rep), "position": torch.arange(10, 14)}
     net = Fixed(batch["target"].shape)
-    b = Bridge(1000, 0.1, 0.5)
+    b = Bridge(1000, 0.1, 0.5, "x0")
     loss = ImageLoss(b, rep, 0.0, 7)(net, batch)
     x_t, t, _ = net.seen[0]
     start = rep.encode(batch["rain"], batch["rain"])[0]
@@ -144,7 +170,7 @@ def test_the_default_process_bridge_feeds_the_network_a_point_between_rain_and_t
     torch.testing.assert_close(loss, (image - batch["clean"]) ** 2 / IMAGE_UNIT ** 2)
     # at the rainy end (t = T-1) the network sees the rain's own encoding: zero change
     net = Fixed(batch["target"].shape)
-    ImageLoss(Bridge(1000, 0.1, 1.0), rep, 0.0, 7)(net, batch)
+    ImageLoss(Bridge(1000, 0.1, 1.0, "x0"), rep, 0.0, 7)(net, batch)
     x_t, t, _ = net.seen[0]
     assert torch.equal(t, torch.full_like(t, 999))
     torch.testing.assert_close(x_t, start)

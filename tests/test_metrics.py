@@ -96,7 +96,7 @@ def test_identical_images_psnr_inf_ssim_one():
     assert psnr_rgb(img, img) == math.inf
     assert ssim_y(img, img) == pytest.approx(1.0, abs=1e-12)
     assert score_pair(img, img) == {"psnr_y": math.inf, "ssim_y": pytest.approx(1.0),
-                                    "psnr_rgb": math.inf}
+                                    "psnr_rgb": math.inf, "hf_err_db": 0.0, "hf_bias_db": 0.0}
 
 
 def test_size_mismatch_raises():
@@ -220,13 +220,16 @@ def test_write_scores_csv_atomic_and_complete(tmp_path):
 
 def test_format_summary_ours_vs_baseline():
     summary = {"n": 3, "n_failed": 0, "psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 29.0,
-               "baseline": {"psnr_y": 26.5, "ssim_y": 0.8, "psnr_rgb": 25.0}}
+               "hf_err_db": 1.25, "hf_bias_db": -1.0,
+               "baseline": {"psnr_y": 26.5, "ssim_y": 0.8, "psnr_rgb": 25.0, "hf_err_db": 4.5,
+                            "hf_bias_db": 4.5}}
     text = format_summary(summary, rgb=True)
     lines = text.splitlines()
     assert "PSNR-Y" in lines[0] and "SSIM-Y" in lines[0] and "PSNR-RGB" in lines[0]
-    assert lines[1].split() == ["prediction", "30.0000", "0.9000", "29.0000", "3"]
-    assert lines[2].split() == ["input", "(baseline)", "26.5000", "0.8000", "25.0000", "3"]
-    assert lines[3].split() == ["gain", "+3.5000", "+0.1000", "+4.0000", "3"]
+    assert lines[1].split() == ["prediction", "30.0000", "0.9000", "1.250", "29.0000", "3"]
+    assert lines[2].split() == ["input", "(baseline)", "26.5000", "0.8000", "4.500", "25.0000",
+                                "3"]
+    assert lines[3].split() == ["gain", "+3.5000", "+0.1000", "-3.250", "+4.0000", "3"]
     no_base = format_summary({**summary, "baseline": None, "n_failed": 2})
     assert "baseline" not in no_base and "PSNR-RGB" not in no_base and "FAILED: 2" in no_base
 
@@ -247,7 +250,7 @@ def test_cli_missing_prediction_fails_with_name(folders):
     res = score_folders(folders / "pred", folders / "target", folders / "rain", workers=1)
     ours = next(line for line in r.stdout.splitlines() if line.startswith("prediction")).split()
     assert ours == ["prediction", f"{res.summary['psnr_y']:.4f}", f"{res.summary['ssim_y']:.4f}",
-                    "2"]
+                    f"{res.summary['hf_err_db']:.3f}", "2"]
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [row["name"] for row in rows] == ["a", "b"]
@@ -275,4 +278,29 @@ def test_do_nothing_scores_of_shared_sets(shared_data, name, psnr, ssim):
     s = res.summary
     assert abs(s["psnr_y"] - psnr) < 5e-5, s["psnr_y"]  # i.e. rounds to the 4 decimals given
     assert abs(s["ssim_y"] - ssim) < 5e-5, s["ssim_y"]
-    assert s["baseline"] == {k: s[k] for k in ("psnr_y", "ssim_y", "psnr_rgb")}
+    assert s["baseline"] == {k: s[k] for k in ("psnr_y", "ssim_y", "psnr_rgb", "hf_err_db",
+                                                "hf_bias_db")}
+
+
+def test_the_spectral_error_sees_blur_and_added_streaks():
+    # a blurred image lacks high-frequency energy (negative bias), added streaks bring more
+    # (positive); the same image scores 0; the measure ignores a constant brightness change
+    from scipy import ndimage
+
+    from helpers.metrics import band_power_db, spectral_error
+    from helpers.synth_rain import add_rain
+    clean = _textured(3)
+    blurred = ndimage.gaussian_filter(clean.astype(float), (1.5, 1.5, 0)).round().astype(np.uint8)
+    rainy = add_rain(clean, np.random.default_rng(0))
+    brighter = np.clip(clean.astype(int) + 10, 0, 255).astype(np.uint8)
+    assert spectral_error(clean, clean) == {"hf_err_db": 0.0, "hf_bias_db": 0.0}
+    blur = spectral_error(blurred, clean)
+    rain = spectral_error(rainy, clean)
+    assert blur["hf_bias_db"] < -3 and blur["hf_err_db"] == pytest.approx(-blur["hf_bias_db"])
+    assert rain["hf_bias_db"] > 0.5
+    assert spectral_error(brighter, clean)["hf_err_db"] < 0.5  # where not clipped, the same
+    # the rings: white noise has a flat spectrum (within a dB), a smooth ramp none at the top
+    noise = np.random.default_rng(1).normal(0, 20, (128, 96))
+    db = band_power_db(noise)
+    assert db.shape == (8,) and np.ptp(db[1:]) < 1.0
+    assert band_power_db(np.outer(np.arange(128), np.ones(96)))[-1] < db[-1] - 20

@@ -237,19 +237,86 @@ def test_pixel_trunk_sees_pixels_and_returns_the_fourier_target():
     torch.testing.assert_close(out.double(), zero_change, atol=1e-5, rtol=0)
 
 
-def test_ffc_blocks_see_the_whole_map():
+def _far_sensitivity(model, channels=3):
+    """How much a corner output pixel depends on the far quarter of a 32x32 input, relative to
+    its own neighbourhood (gradients)."""
+    x = torch.randn(1, channels, 32, 32, generator=torch.Generator().manual_seed(0),
+                    requires_grad=True)
+    model(x, torch.tensor([5]))[0, 0, 0, 0].backward()
+    return (x.grad[0, :, 16:, 16:].abs().mean() / x.grad[0, :, :3, :3].abs().mean()).item()
+
+
+def _randomise_fft(model):
+    """The Res-FFT branch starts at zero (the block is its spatial branch); give it weights."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if type(mod).__name__ == "ResFFT":
+                mod.conv2.weight.normal_(0, 0.1)
+
+
+@pytest.mark.parametrize("branch", ["ffc", "res_fft"])
+def test_fourier_branches_see_the_whole_map(branch):
     # one level, no attention: a plain 3x3 U-Net's output at a pixel hardly depends on far
-    # pixels (only through GroupNorm's statistics); the global Fourier branch makes it
+    # pixels (only through GroupNorm's statistics); a global Fourier branch makes it
     cfg = dict(channel_mults=(1,), attn_levels=(), in_channels=3, cond_channels=0, out_channels=3)
     far = {}
-    for ffc in (False, True):
-        m = make(**cfg, ffc=ffc).train()
-        x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0),
-                        requires_grad=True)
-        m(x, torch.tensor([5]))[0, 0, 0, 0].backward()
-        far[ffc] = (x.grad[0, :, 16:, 16:].abs().mean() / x.grad[0, :, :3, :3].abs().mean()).item()
-    assert far[True] > 3 * far[False], far
+    for kind in ("none", branch):
+        m = make(**cfg, fft_branch=kind).train()
+        _randomise_fft(m)
+        far[kind] = _far_sensitivity(m)
+    assert far[branch] > 3 * far["none"], far
+    network = {"ffc": "ffc", "res_fft": "pixel_trunk_fft"}[branch]
     built = build_network({"model": "small", "model_args": {}, "freq_coords": True,
-                           "network": "ffc"}, RealImag(64, True))
-    assert built.config["ffc"] and any(type(mod).__name__ == "FourierUnit"
-                                       for mod in built.modules())
+                           "network": network}, _spectral_rep(64))
+    kind = {"ffc": "FourierUnit", "res_fft": "ResFFT"}[branch]
+    assert built.config["fft_branch"] == branch
+    assert any(type(mod).__name__ == kind for mod in built.modules())
+
+
+def test_res_fft_starts_as_the_spatial_block_and_works_at_any_size():
+    cfg = dict(channel_mults=(1, 2), attn_levels=(1,), in_channels=3, cond_channels=0,
+               out_channels=3)
+    plain, spectral = make(**cfg, fft_branch="none"), make(**cfg, fft_branch="res_fft")
+    spectral.load_state_dict(plain.state_dict(), strict=False)  # the same spatial weights
+    x = torch.randn(2, 3, 24, 40, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([3, 700])
+    torch.testing.assert_close(spectral(x, t), plain(x, t))  # zero-started branch: no change
+    _randomise_fft(spectral)
+    for h, w in ((24, 40), (17, 31), (64, 64)):  # other sizes than the training window
+        y = spectral(torch.randn(1, 3, h, w), torch.tensor([5]))
+        assert y.shape == (1, 3, h, w) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("branch", ["none", "res_fft"])
+def test_the_naf_trunk_keeps_shapes_trains_and_sees_time(branch):
+    from modules import NAF_PRESETS, NAFNet
+    net = NAFNet(6, 3, **{**NAF_PRESETS["small"], "width": 8, "fft_branch": branch})
+    with torch.no_grad():
+        net.conv_out.weight.normal_(0, 0.1)
+        for mod in net.modules():
+            if type(mod).__name__ == "NAFBlock":
+                mod.beta.fill_(0.5)
+                mod.gamma.fill_(0.5)
+    _randomise_fft(net)
+    x = torch.randn(2, 6, 37, 50, generator=torch.Generator().manual_seed(2))
+    y = net(x, torch.tensor([0, 999]))
+    assert y.shape == (2, 3, 37, 50)
+    assert not torch.allclose(net(x, torch.tensor([999, 999]))[0], y[0])  # t matters
+    y.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    assert (branch == "res_fft") == any(type(m).__name__ == "ResFFT" for m in net.modules())
+
+
+def test_every_network_builds_from_a_config_and_from_its_own_record():
+    import json
+    from modules import NETWORKS
+    rep = _spectral_rep(16)
+    for name in NETWORKS:
+        cfg = {"model": "small", "model_args": {}, "freq_coords": True, "network": name}
+        net = build_network(cfg, rep)
+        again = build_network(cfg, rep, trunk_config=json.loads(json.dumps(net.config)))
+        again.load_state_dict(net.state_dict())
+        x = torch.randn(1, 6, 16, 16)
+        cond = rep.encode(None, torch.rand(1, 3, 16, 16, dtype=torch.float64))[1].float()
+        torch.testing.assert_close(again(x, torch.tensor([5]), cond), net(x, torch.tensor([5]),
+                                                                          cond))

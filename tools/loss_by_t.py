@@ -48,7 +48,7 @@ def profile(derainer, csv, windows, ts, seed=0):
         t_now = min(int(t_now), T - 1)
         t = torch.full((x0.shape[0],), t_now, dtype=torch.long)
         x_t = process.train_input(x0, start, t, noise)
-        x0_hat = process.x0_estimate(model(x_t, t, cond).float(), x_t, t)
+        x0_hat = process.x0_estimate(model(x_t, t, cond).float(), x_t, t, start)
         mse = float(((rep.decode(x0_hat, rain) - clean) ** 2).mean())
         row = {"t": t_now, "draws_at_or_above": process.share_at_or_above(t_now),
                "estimate_psnr": psnr(mse), "rain_psnr": psnr(rain_mse)}

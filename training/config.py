@@ -17,7 +17,7 @@ from training.parts import AMP
 # Keys whose value must be one of a list, from the registries (the presets are the caller's).
 CHOICES = {"representation": representations.names(), "target": representations.TARGETS,
            "norm": representations.NORMS, "schedule": SCHEDULES, "prediction": PREDICTIONS,
-           "loss": tuple(LOSSES), "network": NETWORKS, "process": PROCESSES,
+           "loss": tuple(LOSSES), "network": tuple(NETWORKS), "process": PROCESSES,
            "model": tuple(MODEL_PRESETS), "sampler": SAMPLERS, "amp": tuple(AMP)}
 
 

@@ -129,19 +129,24 @@ def assert_same_weights(a, b, atol=1e-6):
 
 def test_requeue_on_the_time_limit_resumes_to_the_same_weights(cluster, pairs, tmp_path):
     # a 1-minute limit with USR1 30 s before it: the job checkpoints, requeues itself and the
-    # requeued job (same id, same run directory) resumes, until the run is done
-    steps, name = 1200, "derain-requeue"
+    # requeued job (same id, same run directory) resumes, until the run is done. The run's
+    # budget is 45 s of training, more than one job can give it however fast the machine is
+    # (at most 30 s less start-up), so it is requeued at least once on any machine; a constant
+    # learning rate makes its weights those of a reference run of the same number of steps.
+    name = "derain-requeue"
     run_dir = tmp_path / "run"
-    job = sbatch(cluster, name, ["--time=1", "--signal=B:USR1@30"],
-                 training_args(pairs, steps, "--ckpt-every", "100"), PRESET="custom",
+    constant = ["--ckpt-every", "100", "--lr-min-ratio", "1.0"]
+    args = training_args(pairs, 0, *constant)
+    args[args.index("--minutes") + 1] = "0.75"
+    job = sbatch(cluster, name, ["--time=1", "--signal=B:USR1@30"], args, PRESET="custom",
                  RUN_DIR=str(run_dir))
     info = wait_for(cluster, job, timeout=900)
     log = read_log(name, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, log[-3000:])
     assert int(info["Restarts"]) >= 1, log[-3000:]  # it was requeued at least once
-    assert "requeueing job" in log and "resumed from" in log
+    assert "requeueing job" in log and "resumed from" in log and "time budget" in log
     got = load_checkpoint(ckpt_paths(run_dir)[-1])
-    assert_same_weights(reference_run(pairs, tmp_path / "ref", steps, "--ckpt-every", "100"), got)
+    assert_same_weights(reference_run(pairs, tmp_path / "ref", got["step"], *constant), got)
 
 
 def test_scancel_leaves_a_loadable_checkpoint_and_resume_continues(cluster, pairs, tmp_path):
