@@ -48,7 +48,7 @@ TRUNK_BRIDGE_90 = [*TRUNK_BRIDGE, "--bridge-end", "0.9"]
 PIXEL_BRIDGE = ["--representation", "pixels", "--loss", "image", "--process", "bridge"]  # in pixels
 # drawn in another colour
 REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "pixel_bridge_end90", "regression",
-              "pixel_bridge_end90_fft", "naf_regression")
+              "pixel_bridge_end90_fft", "pixel_bridge_end90_naf", "naf_regression")
 DEFAULT = "trunk_bridge_end90"  # the variant that launch()'s defaults train (a test checks it)
 VARIANTS = {
     # the references
@@ -137,6 +137,14 @@ VARIANTS = {
                                           "4"],
                                 "about": "the default on 128-px windows (4 a step: the same "
                                          "pixels), derained in 128-px windows"},
+    "trunk_bridge_end90_fft_w128": {"flags": [*TRUNK_BRIDGE_90, "--network", "pixel_trunk_fft",
+                                              "--crop", "128", "--batch-size", "4"],
+                                    "about": "trunk_bridge_end90_fft on 128-px windows: the "
+                                             "global branch sees longer streaks"},
+    "pixel_bridge_end90_naf": {"flags": [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network",
+                                         "naf"],
+                               "about": "pixel_bridge_end90 with the NAFNet-style trunk (the "
+                                        "pixel twin of trunk_bridge_end90_naf)"},
     "trunk_bridge_end90_naf": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf"],
                                "about": "the default with a NAFNet-style trunk instead of the "
                                         "U-Net (Fourier state, spatial)"},
