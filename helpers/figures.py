@@ -164,11 +164,16 @@ def zoom_comparison_figure(examples, path, titles, title=None, zoom=2, cell=3.3)
             top.set_title(caps[j] if j < len(caps) else "", fontsize=9)
             bottom.imshow(im[y:y + h, x:x + w], interpolation="nearest")
             bottom.set_title(f"{zoom}\u00d7 zoom", fontsize=8, color="#555")
+    _save_image_grid(fig, axes, path, title, 10.5)
+
+
+def _save_image_grid(fig, axes, path, title, fontsize):
+    """A grid of images: no ticks, the title on top, saved atomically."""
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
-        fig.suptitle(title, fontsize=10.5)
+        fig.suptitle(title, fontsize=fontsize)
     save_figure(fig, path)
 
 
@@ -198,12 +203,7 @@ def spectra_figure(rain_u8, clean_u8, pred_u8, path, title=None):
         axes[1, j].set_title(f"log |FFT| {name.split(':')[0]}", fontsize=9)
     fig.colorbar(im, ax=axes[0, :].tolist(), shrink=0.8, label="\u0394 luminance")
     fig.colorbar(sp, ax=axes[1, :].tolist(), shrink=0.8, label="log(1 + |F|) of the changes")
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=11)
-    save_figure(fig, path)
+    _save_image_grid(fig, axes, path, title, 11)
 
 
 def speed_figure(rows, path, title=None):

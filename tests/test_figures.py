@@ -36,9 +36,9 @@ def captured_texts(monkeypatch):
     texts = []
     real = DP.save_figure
 
-    def spy(fig, path):
+    def spy(fig, path, text=None):
         texts.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
-        real(fig, path)
+        real(fig, path, text=text)
     monkeypatch.setattr(DP, "save_figure", spy)
     return texts
 

@@ -340,7 +340,8 @@ def draw_pipeline(out="training_pipeline.png", labels=None, example=True):
         x0 = xA[3] + (widths[3] - 2 * t - 1.0) / 2
         cv.thumb(ex["rain_a"], x0, ty, t, caption=na, **kw_a)
         cv.thumb(ex["rain_b"], x0 + t + 1.0, ty, t, caption=nb, **kw_b)
-        ax.text(b_log[0] + b_log[2] / 2, ty + t + 0.8, "rain window,\nafter the log:",
+        values = "after the log:" if d["signed_log"] else "linear values:"
+        ax.text(b_log[0] + b_log[2] / 2, ty + t + 0.8, f"rain window,\n{values}",
                 ha="center", va="bottom", fontsize=7.4, color="#333")
         x0 = xA[5] + (widths[5] - 2 * t - 2.0) / 2
         cv.thumb(ex["target_a"], x0, ty, t, cmap="RdBu_r", symmetric=True,
