@@ -368,6 +368,58 @@ def print_comparison(rows, a, b):
               f"{r['wins']}/{r['images']}")
 
 
+def learning_curve(points, variants, sample_steps):
+    """[(minutes, study dir)] -> {(variant, set): [(minutes, mean PSNR-Y, min, max, mean SSIM-Y,
+    mean HF-err, seeds)]} from each study's results.csv, at `sample_steps` (the full sets)."""
+    import numpy as np
+    out = {}
+    for minutes, study in sorted(points):
+        rows = [r for r in read_results(Path(study) / "results.csv")
+                if (r.get("pairs") or "all") == "all" and int(r["sample_steps"]) == sample_steps]
+        for v in variants:
+            mine = [r for r in rows if r["variant"] == v]
+            if not mine:
+                continue
+            for s in SETS:
+                p = [float(r[f"{s}_psnr_y"]) for r in mine]
+                hf = [float(r[f"{s}_hf_err_db"]) for r in mine if r.get(f"{s}_hf_err_db")]
+                out.setdefault((v, s), []).append(
+                    (minutes, float(np.mean(p)), min(p), max(p),
+                     float(np.mean([float(r[f"{s}_ssim_y"]) for r in mine])),
+                     float(np.mean(hf)) if hf else float("nan"), len(mine)))
+    return out
+
+
+def curve_chart(curve, path, sample_steps):
+    """PSNR-Y against training minutes, a line per variant, a panel per set (bars: the seeds'
+    range)."""
+    from matplotlib.ticker import ScalarFormatter
+
+    from helpers.figures import plt, save_figure
+    fig, axes = plt.subplots(1, len(SETS), figsize=(5.2 * len(SETS), 3.8), squeeze=False)
+    variants = list(dict.fromkeys(v for v, _ in curve))
+    for ax, s in zip(axes[0], SETS):
+        for v in variants:
+            pts = curve.get((v, s), [])
+            if not pts:
+                continue
+            x = [p[0] for p in pts]
+            y = [p[1] for p in pts]
+            err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=v,
+                        ls="--" if v in REFERENCES else "-")
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({p[0] for pts in curve.values() for p in pts}))
+        ax.get_xaxis().set_major_formatter(ScalarFormatter())
+        ax.set_xlabel("training budget (CPU-minutes, log scale)")
+        ax.set_ylabel(f"PSNR-Y (dB), {sample_steps} sampling step(s)")
+        ax.set_title(f"{s}, pairs 51-60", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def chart(rows, path, eval_steps):
     """PSNR-Y per set and sampler steps: the mean over seeds (bar) and each seed (dots)."""
     import numpy as np
@@ -429,6 +481,10 @@ def main(argv=None):
                          "cpu | cuda[:N]")
     ap.add_argument("--data-root", default="../shared/data", help="the shared data folder")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
+    ap.add_argument("--curve", metavar="STUDY:MIN,...", default="",
+                    help="the learning curve of --variants over studies trained for different "
+                         "--minutes (each STUDY:MINUTES), at the first --eval-steps: a table and "
+                         "STUDY/learning_curve.png (in --study); nothing is trained")
     ap.add_argument("--calibrate-only", action="store_true",
                     help="time the variants' steps (on the idle machine) and exit; then run "
                          "the study, e.g. one ablate.py process per core with --threads 1")
@@ -441,6 +497,27 @@ def main(argv=None):
         for name, v in VARIANTS.items():
             mark = "  [launch()'s default]" if name == DEFAULT else ""
             print(f"{name:{width}s} {v['about']}{mark}")
+        return 0
+    if args.curve:
+        try:
+            points = [(float(m), st) for st, m in (item.rsplit(":", 1)
+                                                   for item in args.curve.split(","))]
+        except ValueError:
+            ap.error("--curve takes STUDY:MINUTES,STUDY:MINUTES,...")
+        names = [v.strip() for v in args.variants.split(",") if v.strip()]
+        steps = int(args.eval_steps.split(",")[0])
+        curve = learning_curve(points, names, steps)
+        if not curve:
+            print("no rows of these variants in these studies", file=sys.stderr)
+            return 1
+        print(f"{'variant':32s} {'set':9s} {'minutes':>7s} {'seeds':>5s} {'PSNR-Y':>7s} "
+              f"{'range':>13s} {'SSIM-Y':>7s} {'HF-err':>7s}")
+        for (v, s), pts in curve.items():
+            for m, mean, lo, hi, ssim, hf, n in pts:
+                print(f"{v:32s} {s:9s} {m:7g} {n:5d} {mean:7.2f} {lo:6.2f}-{hi:6.2f} "
+                      f"{ssim:7.4f} {hf:7.2f}")
+        curve_chart(curve, Path(args.study) / "learning_curve.png", steps)
+        print(f"chart: {Path(args.study) / 'learning_curve.png'}")
         return 0
     if args.compare:
         pair = [v.strip() for v in args.compare.split(",")]

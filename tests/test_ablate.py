@@ -170,3 +170,31 @@ def test_every_variant_is_a_valid_configuration():
         for flag, value in dict(zip(flags[::2], flags[1::2])).items():  # the last one wins
             got = cfg[flag[2:].replace("-", "_")]
             assert str(got).lower() == value.lower() or float(got) == float(value), (name, flag)
+
+
+def test_the_learning_curve_reads_studies_of_different_budgets(tmp_path, capsys):
+    def study(name, rows):
+        d = tmp_path / name
+        d.mkdir()
+        full = [{f: "" for f in ablate.FIELDS} | {"pairs": "all", "sample_steps": "1", **r}
+                for r in rows]
+        ablate.write_results(d / "results.csv", full)
+        return d
+
+    def row(v, seed, l, h):
+        return {"variant": v, "seed": str(seed), "Rain100L_psnr_y": str(l),
+                "Rain100H_psnr_y": str(h), "Rain100L_ssim_y": "0.9", "Rain100H_ssim_y": "0.7",
+                "Rain100L_hf_err_db": "1.5", "Rain100H_hf_err_db": "2.5"}
+    a = study("ten", [row("x", 0, 28.0, 21.0), row("y", 0, 27.0, 20.0)])
+    b = study("long", [row("x", 0, 30.0, 23.0), row("x", 1, 31.0, 24.0), row("y", 0, 29.0, 22.0)])
+    out = tmp_path / "out"
+    assert ablate.main(["--study", str(out), "--curve", f"{b}:35,{a}:10", "--variants", "x,y",
+                        "--eval-steps", "1"]) == 0
+    text = capsys.readouterr().out
+    line = next(ln for ln in text.splitlines() if ln.startswith("x ") and " 35 " in ln
+                and "Rain100L" in ln)
+    assert line.split()[:7] == ["x", "Rain100L", "35", "2", "30.50", "30.00-", "31.00"]
+    curve = ablate.learning_curve([(35.0, b), (10.0, a)], ["x"], 1)
+    assert curve[("x", "Rain100L")] == [(10.0, 28.0, 28.0, 28.0, 0.9, 1.5, 1),
+                                        (35.0, 30.5, 30.0, 31.0, 0.9, 1.5, 2)]
+    assert (out / "learning_curve.png").stat().st_size > 10000
