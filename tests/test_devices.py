@@ -37,6 +37,7 @@ from tests.helpers_data import make_pairs
 
 TINY = {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attn_levels": [1],
         "attn_heads": 2, "groups": 4}
+NAF_TINY = {"width": 8, "enc_blocks": [1, 1], "middle_blocks": 1, "dec_blocks": [1, 1]}
 COPY_OPS = (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default)
 
 
@@ -115,7 +116,10 @@ def fake_cuda(monkeypatch, *modules):
      "p_uncond": 0.2, "freq_schedule": 0.5},
     {"representation": "pixels", "network": "unet", "bridge_end": 0.5},
     {"representation": "magphase", "signed_log": True, "network": "ffc"},
-], ids=["default", "diffusion", "regression", "spectral_unet", "pixels", "magphase_ffc"])
+    {"network": "pixel_trunk_fft", "loss": "image_fft", "bridge_param": "skip"},
+    {"network": "naf_fft", "model_args": NAF_TINY},
+], ids=["default", "diffusion", "regression", "spectral_unet", "pixels", "magphase_ffc",
+        "fft_branch_fft_loss_skip", "naf_fft"])
 def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     cfg = _cfg(**over)
     rep = _representation(cfg)
@@ -144,8 +148,10 @@ def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
      {"sample_steps": 2, "guidance": 2.0}),
     ({"process": "regression"}, {}),
     ({"representation": "rfft2"}, {"sample_steps": 2}),
+    ({"network": "pixel_trunk_fft", "bridge_param": "skip"}, {"sample_steps": 4}),
+    ({"network": "naf_fft", "model_args": NAF_TINY}, {"sample_steps": 2}),
 ], ids=["bridge", "bridge_eta_ensemble", "bridge_coupled", "ddim_eta", "ddpm_coupled",
-        "ddim_guided", "regression", "rfft2"])
+        "ddim_guided", "regression", "rfft2", "fft_branch_skip", "naf_fft"])
 def test_every_sampler_derains_on_the_device(monkeypatch, over, settings):
     cfg = _cfg(**over)
     rep = _representation(cfg)
