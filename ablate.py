@@ -173,6 +173,8 @@ FIELDS = ["variant", "seed", "train_steps", "train_minutes", "sample_steps", "pa
           "eval_seconds", *[f"{s}_{m}" for s in SETS for m in SCORED]]
 SCORE_FIELDS = ["variant", "seed", "sample_steps", "pairs", "set", "image", *SCORED]
 COMPARED = ("psnr_y", "ssim_y", "hf_err_db")  # what --compare pairs over images
+# the step times of STUDY.md's tables (the 2026-12-01 machine, one thread), for --calibration
+REFERENCE_CALIBRATION = REPO / "tools" / "calibration_2026-12-01.json"
 CALIBRATION_STEPS = (20, 120)  # the step time is measured between these steps (100: +-2 %)
 
 
@@ -223,8 +225,44 @@ def read_calibration(study):
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+class CalibrationError(ValueError):
+    """A --calibration file that cannot give a variant's step time, or disagrees with the
+    study's own record."""
+
+
+def reference_calibration(path, study, variant):
+    """--calibration FILE: the variant's seconds per step from FILE (another machine's
+    calibration.json) instead of timing this machine, recorded in the study's calibration.json
+    with where it came from; the study's earlier record of the variant must agree."""
+    try:
+        ref = json.loads(Path(path).read_text(encoding="utf-8"))
+        s_per_step = float(ref[variant]["s_per_step"])
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no such calibration file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
+        raise CalibrationError(f"{path}: not a calibration.json ({e})") from None
+    except KeyError:
+        raise CalibrationError(f"{path} has no step time for {variant!r}: time it on the "
+                               "reference machine, or run without --calibration to time it "
+                               "here") from None
+    with study_lock(study):
+        cal = read_calibration(study)
+        if variant in cal and abs(cal[variant]["s_per_step"] - s_per_step) > 1e-9:
+            raise CalibrationError(
+                f"{study / 'calibration.json'} already times {variant} at "
+                f"{cal[variant]['s_per_step']} s/step, {path} at {s_per_step}: a study keeps "
+                "one step count per variant; use another --study")
+        if variant not in cal:
+            cal[variant] = {**ref[variant], "from": str(path)}
+            write_json(study / "calibration.json", cal)
+    return s_per_step
+
+
 def calibrate(args, study, variant, log):
-    """Seconds per optimiser step of the real training loop for this variant (cached)."""
+    """Seconds per optimiser step of the real training loop for this variant (cached), or the
+    reference machine's with --calibration."""
+    if getattr(args, "calibration", ""):
+        return reference_calibration(args.calibration, study, variant)
     cal = read_calibration(study)
     if variant in cal:
         return cal[variant]["s_per_step"]
@@ -485,6 +523,11 @@ def main(argv=None):
                     help="the learning curve of --variants over studies trained for different "
                          "--minutes (each STUDY:MINUTES), at the first --eval-steps: a table and "
                          "STUDY/learning_curve.png (in --study); nothing is trained")
+    ap.add_argument("--calibration", metavar="FILE", default="",
+                    help="seconds per step from FILE, another machine's calibration.json (e.g. "
+                         f"{REFERENCE_CALIBRATION.relative_to(REPO)}), instead of timing this "
+                         "one: --minutes are that machine's, so a slower CPU or a GPU trains "
+                         "the same step counts and its rows compare with the study's tables")
     ap.add_argument("--calibrate-only", action="store_true",
                     help="time the variants' steps (on the idle machine) and exit; then run "
                          "the study, e.g. one ablate.py process per core with --threads 1")
@@ -561,7 +604,11 @@ def main(argv=None):
         spec = VARIANTS[variant]
         trained = spec.get("train_as", variant)
         if not args.steps:
-            calibrate(args, study, trained, log)
+            try:
+                calibrate(args, study, trained, log)
+            except CalibrationError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
     if args.calibrate_only:
         return 0
     for seed in seeds:

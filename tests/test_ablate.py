@@ -1,6 +1,7 @@
 """ablate.py: a tiny real study (two variants, two training steps, one pair a set), its resume,
 and its chart."""
 import csv
+import json
 
 import pytest
 
@@ -198,3 +199,37 @@ def test_the_learning_curve_reads_studies_of_different_budgets(tmp_path, capsys)
     assert curve[("x", "Rain100L")] == [(10.0, 28.0, 28.0, 28.0, 0.9, 1.5, 1),
                                         (35.0, 30.5, 30.0, 31.0, 0.9, 1.5, 2)]
     assert (out / "learning_curve.png").stat().st_size > 10000
+
+
+def test_a_reference_calibration_sets_the_step_counts_without_timing(shared_data, tmp_path,
+                                                                       capsys):
+    ref = tmp_path / "calibration.json"
+    ref.write_text(json.dumps({"regression": {"s_per_step": 1.5, "threads": 1}}))
+    study = tmp_path / "study"
+    argv = ["--study", str(study), "--variants", "regression", "--minutes", "0.05",
+            "--eval-steps", "1", "--eval-pairs", "1", "--threads", "2",
+            "--data-root", str(shared_data), "--calibration", str(ref)]
+    assert ablate.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "calibrating" not in out  # nothing was timed here
+    assert "regression seed 0: 2 steps" in out  # 0.05 min * 60 / 1.5 s
+    assert (study / "regression" / "seed0" / "ckpt_00000002.pt").exists()
+    rec = json.loads((study / "calibration.json").read_text())["regression"]
+    assert rec["s_per_step"] == 1.5 and rec["from"] == str(ref)
+    # a variant the file does not time, and a file that contradicts the study's record
+    assert ablate.main([*argv[:3], "trunk_bridge", *argv[4:]]) == 2
+    err = capsys.readouterr().err
+    assert str(ref) in err and "'trunk_bridge'" in err
+    ref.write_text(json.dumps({"regression": {"s_per_step": 3.0}}))
+    assert ablate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "calibration.json already times regression at 1.5" in err and "another --study" in err
+    ref.write_text("{not json")
+    assert ablate.main(argv) == 2
+    assert "not a calibration.json" in capsys.readouterr().err
+
+
+def test_the_reference_calibration_times_known_variants_and_the_default():
+    cal = json.loads(ablate.REFERENCE_CALIBRATION.read_text())
+    assert ablate.DEFAULT in cal and set(cal) <= set(ablate.VARIANTS)
+    assert all(0 < v["s_per_step"] < 10 and v["threads"] == 1 for v in cal.values())
