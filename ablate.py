@@ -5,6 +5,8 @@ validation pairs through the one evaluation path, and tabulate.
     python ablate.py --study runs/final --minutes 35 --seeds 0,1 --eval-steps 1,2,20 \\
         --variants trunk_bridge_end90,pixel,regression
     python ablate.py --study runs/study --list                                # the variants
+    python ablate.py --study runs/gpu --calibration tools/calibration_2026-12-01.json \
+        --minutes 35 --seeds 0,1 --lanes 8 --threads 2 --device cuda        # STUDY.md's steps
 
 Every variant is a set of ddpm_conditional.py flags on top of the rain100 preset (Rain100L and
 Rain100H pairs 1-50 for training, 51-60 for validation); see VARIANTS. Equal compute means equal
@@ -497,6 +499,40 @@ def chart(rows, path, eval_steps):
     save_figure(fig, path)
 
 
+def run_lanes(args, study, variants, seeds, log):
+    """--lanes N: the study's (variant, seed) jobs, N at a time, each a child ablate.py for that
+    one job (they share the study under its lock); a child's output goes to
+    STUDY/lanes/VARIANT_seedS.log. Returns 1 if any job failed, after the others finished."""
+    from concurrent.futures import ThreadPoolExecutor
+    common = ["--study", str(study), "--minutes", str(args.minutes), "--steps", str(args.steps),
+              "--eval-steps", args.eval_steps, "--eval-pairs", str(args.eval_pairs),
+              "--threads", str(args.threads), "--device", str(args.device),
+              "--data-root", args.data_root]
+    if args.calibration:
+        common += ["--calibration", args.calibration]
+    (study / "lanes").mkdir(exist_ok=True)
+
+    def job(variant, seed):
+        log_path = study / "lanes" / f"{variant}_seed{seed}.log"
+        log(f"lane: {variant} seed {seed} (log {log_path})")
+        with open(log_path, "a", encoding="utf-8") as f:
+            r = subprocess.run([sys.executable, str(Path(__file__).resolve()), *common,
+                                "--variants", variant, "--seeds", str(seed)], cwd=REPO,
+                               stdout=f, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log(f"lane: {variant} seed {seed} " +
+            ("done" if r.returncode == 0 else f"FAILED (status {r.returncode}; see {log_path})"))
+        return r.returncode
+
+    with ThreadPoolExecutor(max_workers=args.lanes) as pool:
+        codes = list(pool.map(lambda vs: job(*vs), [(v, s) for s in seeds for v in variants]))
+    full = [r for r in read_results(study / "results.csv") if (r.get("pairs") or "all") == "all"]
+    if full:
+        chart(full, study / "results.png", sorted({int(r["sample_steps"]) for r in full}))
+    print(f"results: {study / 'results.csv'}, chart: {study / 'results.png'}")
+    return 1 if any(codes) else 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -528,6 +564,10 @@ def main(argv=None):
                          f"{REFERENCE_CALIBRATION.relative_to(REPO)}), instead of timing this "
                          "one: --minutes are that machine's, so a slower CPU or a GPU trains "
                          "the same step counts and its rows compare with the study's tables")
+    ap.add_argument("--lanes", type=int, default=1,
+                    help="run this many (variant, seed) jobs at once, each an ablate.py process "
+                         "with --threads threads (after any calibration, which runs alone); "
+                         "e.g. --lanes 2 --threads 1 on two cores, or several on one GPU")
     ap.add_argument("--calibrate-only", action="store_true",
                     help="time the variants' steps (on the idle machine) and exit; then run "
                          "the study, e.g. one ablate.py process per core with --threads 1")
@@ -535,6 +575,8 @@ def main(argv=None):
                     help="compare two variants of the study image by image (scores.csv) and "
                          "exit; nothing is trained or evaluated")
     args = ap.parse_args(argv)
+    if args.lanes < 1:
+        ap.error("--lanes is a number of parallel jobs, at least 1")
     if args.list:
         width = max(map(len, VARIANTS))
         for name, v in VARIANTS.items():
@@ -611,6 +653,8 @@ def main(argv=None):
                 return 2
     if args.calibrate_only:
         return 0
+    if args.lanes > 1:
+        return run_lanes(args, study, variants, seeds, log)
     for seed in seeds:
         for variant in variants:
             spec = VARIANTS[variant]

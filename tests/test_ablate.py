@@ -233,3 +233,26 @@ def test_the_reference_calibration_times_known_variants_and_the_default():
     cal = json.loads(ablate.REFERENCE_CALIBRATION.read_text())
     assert ablate.DEFAULT in cal and set(cal) <= set(ablate.VARIANTS)
     assert all(0 < v["s_per_step"] < 10 and v["threads"] == 1 for v in cal.values())
+
+
+def test_lanes_run_the_jobs_side_by_side_into_one_study(shared_data, tmp_path, capsys):
+    study = tmp_path / "study"
+    argv = ["--study", str(study), "--variants", "regression,trunk_bridge", "--seeds", "0",
+            "--steps", "2", "--eval-steps", "1", "--eval-pairs", "1", "--threads", "1",
+            "--lanes", "2", "--data-root", str(shared_data)]
+    assert ablate.main(argv) == 0
+    rows = _rows(study / "results.csv")
+    assert sorted((r["variant"], r["train_steps"]) for r in rows) == \
+        [("regression", "2"), ("trunk_bridge", "2")]
+    assert len(_rows(study / "scores.csv")) == 2 * len(ablate.SETS)
+    for v in ("regression", "trunk_bridge"):
+        assert "evaluating" in (study / "lanes" / f"{v}_seed0.log").read_text()
+    capsys.readouterr()
+    # a job that fails is reported with its log, and the study exits non-zero
+    (study / "regression" / "seed0" / "ckpt_00000002.pt").write_bytes(b"damaged")
+    more = [("regression" if a == "regression,trunk_bridge" else "3" if b == "--steps" else a)
+            for b, a in zip([None] + argv, argv)]  # one more step: resumes the damaged one
+    assert ablate.main(more) == 1
+    out = capsys.readouterr().out
+    assert "regression seed 0 FAILED" in out and "regression_seed0.log" in out
+    assert "ckpt_00000002.pt" in (study / "regression" / "seed0.log").read_text()
