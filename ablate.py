@@ -630,7 +630,7 @@ def main(argv=None):
     eval_steps = [int(s) for s in args.eval_steps.split(",")]
     study = Path(args.study)
     study.mkdir(parents=True, exist_ok=True)
-    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}\n", end="", flush=True)  # one write: lanes print from threads
     presets = REPO / "data" / "presets" / "rain100"
     data_csvs = {name: presets / f"val_{name}.csv" for name in SETS}
     results_path, scores_path = study / "results.csv", study / "scores.csv"
