@@ -1,0 +1,61 @@
+"""tools/gpu_session.sh, the prepared call for a lent GPU, up to where it needs one: `pack` copies
+the data it carries, `run` rebuilds Rain100H's clean images from Rain100L's and refuses to start
+without the kit. Its phases themselves need CUDA (and run on the CPU only slowly), so here it runs
+with no phases."""
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from conftest import REPO
+
+
+def _script_in(tmp_path):
+    (tmp_path / "tools").mkdir()
+    shutil.copy(REPO / "tools" / "gpu_session.sh", tmp_path / "tools")
+    return tmp_path / "tools" / "gpu_session.sh"
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_run_without_the_kit_says_to_pack_it(tmp_path):
+    script = _script_in(tmp_path)
+    r = subprocess.run(["bash", str(script), "run"], cwd=tmp_path, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "PHASES": "", "OUT": str(tmp_path / "out")})
+    assert r.returncode == 2
+    assert "gpu_kit/data: no data" in r.stdout and "gpu_session.sh pack" in r.stdout
+
+
+def test_pack_then_run_rebuilds_the_heavy_sets_clean_images(tmp_path):
+    script = _script_in(tmp_path)
+    rng = np.random.default_rng(0)
+    src = tmp_path / "shared"
+    clean = {n: rng.integers(0, 256, (40, 60, 3), dtype=np.uint8) for n in (1, 2)}
+    for n, img in clean.items():
+        _png(src / "Rain100L" / "target" / f"rain-{n:03d}.png", img)
+        _png(src / "Rain100L" / "input" / f"rain-{n:03d}.png", img // 2)
+    # Rain100H: the top-left crops (one landscape, one portrait), with heavier rain
+    _png(src / "Rain100H" / "input" / "1.png", clean[1][:30, :50] // 3)
+    _png(src / "Rain100H" / "input" / "2.png", clean[2][:40, :20] // 3)
+    r = subprocess.run(["bash", str(script), "pack", str(src)], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    kit = tmp_path / "gpu_kit" / "data"
+    assert sorted(p.name for p in (kit / "Rain100L" / "target").iterdir()) == \
+        ["rain-001.png", "rain-002.png"]
+    assert not (kit / "Rain100H" / "target").exists()  # not carried: rebuilt there
+
+    env = {"PATH": "/usr/bin:/bin", "PHASES": "", "OUT": str(tmp_path / "out"),
+           "PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(script), "run"], cwd=tmp_path, capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rebuilt 2 Rain100H targets" in (tmp_path / "out" / "gpu_session.log").read_text()
+    for name, want in (("1.png", clean[1][:30, :50]), ("2.png", clean[2][:40, :20])):
+        got = np.asarray(Image.open(kit / "Rain100H" / "target" / name))
+        assert np.array_equal(got, want)
