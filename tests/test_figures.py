@@ -76,6 +76,19 @@ def test_labels_come_from_the_code_and_follow_launch_defaults(monkeypatch):
         assert ("start" in " ".join(lab["noisy"])) == (process == "bridge")
     monkeypatch.setattr(D, "launch", lambda: {**d, "network": "pixel_trunk"})
     assert "pixel trunk" in " ".join(DP.pipeline_labels()["unet"])
+    # the trunk and its spectral branch come from modules.NETWORKS, the loss's terms from launch()
+    for network, trunk, branch in (("naf", "NAFNet-style", None),
+                                   ("naf_fft", "NAFNet-style", "Res-FFT"),
+                                   ("pixel_trunk_fft", "UNet_conditional", "Res-FFT"),
+                                   ("ffc", "UNet_conditional", "FFC")):
+        monkeypatch.setattr(D, "launch", lambda: {**d, "network": network})
+        head = DP.pipeline_labels()["unet"][0]
+        assert trunk in head and (branch in head if branch else "branch" not in head), head
+    monkeypatch.setattr(D, "launch", lambda: {**d, "loss": "image_fft", "fft_loss_weight": 0.2,
+                                              "fft_loss_scales": 2})
+    assert DP.pipeline_labels()["loss"].endswith("+ 0.2 \u00d7 FFT-L1 at 2 scales")
+    monkeypatch.setattr(D, "launch", lambda: {**d, "loss": "image"})
+    assert "FFT-L1" not in DP.pipeline_labels()["loss"]
 
     changed = {**d, "representation": "magphase", "norm": "global", "target": "clean",
                "prediction": "eps", "sampler": "ddpm", "sample_steps": 7, "crop": 32,

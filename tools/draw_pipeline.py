@@ -24,7 +24,8 @@ from helpers.figures import plt, save_figure  # noqa: E402  (figures selects the
 
 DEFAULT_KEYS = ("representation", "signed_log", "norm", "target", "prediction", "loss", "crop",
                 "sampler", "sample_steps", "eta", "timesteps", "schedule", "model", "freq_coords",
-                "clip_x0", "network", "process", "bridge_noise", "bridge_end")
+                "clip_x0", "network", "process", "bridge_noise", "bridge_end", "fft_loss_weight",
+                "fft_loss_scales")
 ON, OFF = "\u25cf", "\u25cb"  # filled dot: the launch() default; open dot: the alternatives
 
 
@@ -76,6 +77,7 @@ def pipeline_labels(defaults=None):
     """Every text of the diagram, as {name: str or list of lines}, from the code's constants and
     the launch() defaults (or `defaults`, a dict of the same keys)."""
     import diffusion
+    import modules
     import representations
     from representations import base
     from helpers.tiling import OVERLAP
@@ -119,17 +121,22 @@ def pipeline_labels(defaults=None):
     predicts = ("predicts x0" if process != "diffusion" else
                 "predicts " + "  ".join(f"{ON if p == d['prediction'] else OFF} {p}"
                                         for p in diffusion.PREDICTIONS))
-    if network == "pixel_trunk":
-        lab["unet"] = [f"pixel trunk: UNet_conditional ({d['model']})",
+    space, trunk, branch = modules.NETWORKS[network]
+    trunk_name = {"unet": "UNet_conditional", "naf": "NAFNet-style trunk"}[trunk]
+    blocks = {"none": "", "res_fft": ", Res-FFT branch", "ffc": ", FFC blocks"}[branch]
+    if space == "pixels":
+        lab["unet"] = [f"pixel trunk: {trunk_name} ({d['model']}{blocks})",
                        "x_t, condition \u2192 pixels (inverse FFT):",
                        "the change and the rainy window in,", "its change out \u2192 FFT again",
                        "+ timestep t embedding; " + predicts]
     else:
-        lab["unet"] = [f"UNet_conditional ({d['model']}"
-                       + (", FFC blocks)" if network == "ffc" else ")"),
+        lab["unet"] = [f"{trunk_name} ({d['model']}{blocks})",
                        "in: x_t \u2295 condition " + coords, "+ timestep t embedding", predicts]
+    fft_term = (f" + {d['fft_loss_weight']:g} \u00d7 FFT-L1 at {d['fft_loss_scales']} scales"
+                if d["loss"] == "image_fft" else "")
     lab["loss"] = (f"training: MSE to the {d['prediction']}-target" if d["loss"] == "model" else
-                   "training: image-space MSE of the decoded x0" if d["loss"] == "image" else
+                   "training: image-space MSE of the decoded x0" + fft_term
+                   if d["loss"] in ("image", "image_fft") else
                    f"training: MSE to the {d['prediction']}-target + image-space MSE")
     clip = f"x0 estimate clipped \u00b1{d['clip_x0']:g}" if d["clip_x0"] else ""
     if process == "diffusion":
