@@ -45,6 +45,7 @@ import representations  # noqa: E402
 from helpers.errors import InputError  # noqa: E402
 from ddpm_conditional import launch  # noqa: E402
 from losses import LOSSES  # noqa: E402
+from modules import NETWORKS  # noqa: E402
 
 # The targets the "large" preset is designed for (see modules.MODEL_PRESETS).
 CPU_TARGET = dict(max_s_per_step=2.0, max_peak_rss_mb=2048.0)  # fp32, batch 8, 64x64
@@ -71,6 +72,8 @@ def parse_args(argv=None):
                         "must match the --stats file")
     p.add_argument("--loss", choices=sorted(LOSSES), default=None,
                    help="training loss (default: launch()'s)")
+    p.add_argument("--network", choices=sorted(NETWORKS), default=None,
+                   help="the network (default: launch()'s); --models names its size")
     p.add_argument("--csv", default=None, help="pairs CSV: also time utils.FFTDataset")
     p.add_argument("--stats", default=None, help="FFT statistics JSON for utils.FFTDataset")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for --csv")
@@ -80,6 +83,7 @@ def parse_args(argv=None):
     defaults = launch()
     args.representation = args.representation or defaults["representation"]
     args.loss = args.loss or defaults["loss"]
+    args.network = args.network or defaults["network"]
     from helpers.devices import DeviceError, resolve_device
     try:  # the one resolver (the worker's Distributed resolves the same name again)
         args.device = resolve_device(args.device or "auto").type
@@ -108,7 +112,8 @@ def peak_rss_mb():
 def bench_config(args, name):
     """launch()'s defaults with the benchmark's options: the configuration whose step is timed."""
     return {**launch(), "model": name, "batch_size": args.batch, "crop": args.size,
-            "representation": args.representation, "loss": args.loss, "device": args.device,
+            "representation": args.representation, "loss": args.loss, "network": args.network,
+            "device": args.device,
             "amp": args.amp, "compile": bool(args.compile), "threads": args.threads or 0}
 
 
@@ -197,7 +202,8 @@ def run_in_subprocess(args, name):
     cmd = [sys.executable, os.path.abspath(__file__), "--_worker", name,
            "--device", args.device, "--batch", str(args.batch), "--size", str(args.size),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--amp", args.amp,
-           "--representation", args.representation, "--loss", args.loss, "--models", name]
+           "--representation", args.representation, "--loss", args.loss, "--network", args.network,
+           "--models", name]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.compile:

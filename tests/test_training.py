@@ -284,6 +284,13 @@ def test_bench_times_the_training_step(monkeypatch):
     assert res["s_per_step"] > 0 and res["channels_last"]
     assert res["network"] == D.launch()["network"] and res["process"] == D.launch()["process"]
     assert res["representation"] == D.launch()["representation"] and res["loss"] == "image"
+    other = next(n for n in ("pixel_trunk", "naf") if n != D.launch()["network"])
+    first, res = res, bench.run_model(bench.parse_args([*["--device", "cpu", "--models", "small", "--batch",
+                                              "2", "--size", "16", "--steps", "1", "--warmup",
+                                              "0", "--threads", "1"], "--network", other]),
+                          "small")
+    # --network times another network at the same size name: another model was built
+    assert res["network"] == other and res["params_M"] != first["params_M"]
 
 
 def test_a_step_budget_shorter_than_its_warm_up_still_ends_decayed():
