@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parent
 
 # name -> flags for ddpm_conditional.py (on top of BASE), and sampling overrides for evaluation;
 # "train_as" reuses another variant's training (a sampling-only lever).
-# the default's levers (pixel trunk, linear spectrum, image loss, the bridge); --bridge-end varies
+# the levers of the U-Net-trunk bridge (trunk_bridge_end90: pixel trunk, linear spectrum, image
+# loss, the bridge; the default until the NAF trunk replaced its U-Net); --bridge-end varies
 TRUNK_BRIDGE = ["--network", "pixel_trunk", "--signed-log", "false", "--loss", "image",
                 "--process", "bridge"]
 TRUNK_BRIDGE_90 = [*TRUNK_BRIDGE, "--bridge-end", "0.9"]
@@ -51,7 +52,7 @@ PIXEL_BRIDGE = ["--representation", "pixels", "--loss", "image", "--process", "b
 # drawn in another colour
 REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "pixel_bridge_end90", "regression",
               "pixel_bridge_end90_fft", "pixel_bridge_end90_naf", "naf_regression")
-DEFAULT = "trunk_bridge_end90"  # the variant that launch()'s defaults train (a test checks it)
+DEFAULT = "trunk_bridge_end90_naf"  # the variant that launch()'s defaults train (a test checks it)
 VARIANTS = {
     # the references
     "pixel": {"flags": ["--representation", "pixels"],
@@ -65,7 +66,7 @@ VARIANTS = {
                                   "the pixel UNet (isolates the Fourier domain)"},
     "pixel_bridge_end90": {"flags": [*PIXEL_BRIDGE, "--bridge-end", "0.9"],
                            "about": "pixel_bridge_end with 90 % of the draws at the rainy end: "
-                                    "the default's levers exactly, in pixels"},
+                                    "trunk_bridge_end90's levers exactly, in pixels"},
     "regression": {"flags": ["--representation", "pixels", "--process", "regression"],
                    "about": "the same UNet, one forward pass, trained on the clean image (MSE)"},
     # the Fourier model as it was, and one lever at a time
@@ -99,7 +100,8 @@ VARIANTS = {
                                     "to regression for the first step)"},
     "trunk_bridge_end90_scalar": {"flags": [*TRUNK_BRIDGE, "--bridge-end", "0.9", "--norm",
                                             "scalar_std", "--clip-x0", "0"],
-                                  "about": "the default with one scale for all frequencies "
+                                  "about": "trunk_bridge_end90 with one scale for all "
+                                           "frequencies "
                                            "(white noise in pixels, as the pixel bridge) and "
                                            "no x0 clip"},
     "trunk_regression": {"flags": ["--network", "pixel_trunk", "--signed-log", "false",
@@ -122,22 +124,24 @@ VARIANTS = {
     # the Fourier domain's and the steps' own levers, on the default's (issue: spectral
     # operators, a frequency loss, steps that refine)
     "trunk_bridge_end90_fft": {"flags": [*TRUNK_BRIDGE_90, "--network", "pixel_trunk_fft"],
-                               "about": "the default with a Res-FFT branch beside the 3x3 one in "
+                               "about": "trunk_bridge_end90 with a Res-FFT branch beside the 3x3 "
+                                        "one in "
                                         "every U-Net block (Fourier state, spatial + FFT)"},
     "pixel_bridge_end90_fft": {"flags": [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network",
                                          "pixel_trunk_fft"],
                                "about": "pixel_bridge_end90 with the Res-FFT branch (pixel "
                                         "state, spatial + FFT)"},
     "trunk_bridge_end90_skip": {"flags": [*TRUNK_BRIDGE_90, "--bridge-param", "skip"],
-                                "about": "the default with x0 = x_t - s start + s F: the "
+                                "about": "trunk_bridge_end90 with x0 = x_t - s start + s F: the "
                                          "inversion that ignores the noise plus the network's "
                                          "correction (steps that refine)"},
     "trunk_bridge_end90_fftloss": {"flags": [*TRUNK_BRIDGE_90, "--loss", "image_fft"],
-                                   "about": "the default with the frequency loss: + 0.1 x the "
+                                   "about": "trunk_bridge_end90 with the frequency loss: + 0.1 "
+                                            "x the "
                                             "FFT L1 at 3 scales"},
     "trunk_bridge_end90_w128": {"flags": [*TRUNK_BRIDGE_90, "--crop", "128", "--batch-size",
                                           "4"],
-                                "about": "the default on 128-px windows (4 a step: the same "
+                                "about": "trunk_bridge_end90 on 128-px windows (4 a step: the same "
                                          "pixels), derained in 128-px windows"},
     "trunk_bridge_end90_fft_w128": {"flags": [*TRUNK_BRIDGE_90, "--network", "pixel_trunk_fft",
                                               "--crop", "128", "--batch-size", "4"],
@@ -148,7 +152,8 @@ VARIANTS = {
                                "about": "pixel_bridge_end90 with the NAFNet-style trunk (the "
                                         "pixel twin of trunk_bridge_end90_naf)"},
     "trunk_bridge_end90_naf": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf"],
-                               "about": "the default with a NAFNet-style trunk instead of the "
+                               "about": "trunk_bridge_end90 with a NAFNet-style trunk instead "
+                                        "of the "
                                         "U-Net (Fourier state, spatial)"},
     "trunk_bridge_end90_naf_fft": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf_fft"],
                                    "about": "trunk_bridge_end90_naf with a Res-FFT branch in "
@@ -630,7 +635,8 @@ def main(argv=None):
     eval_steps = [int(s) for s in args.eval_steps.split(",")]
     study = Path(args.study)
     study.mkdir(parents=True, exist_ok=True)
-    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}\n", end="", flush=True)  # one write: lanes print from threads
+    # one write a line: --lanes prints from threads
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}\n", end="", flush=True)
     presets = REPO / "data" / "presets" / "rain100"
     data_csvs = {name: presets / f"val_{name}.csv" for name in SETS}
     results_path, scores_path = study / "results.csv", study / "scores.csv"

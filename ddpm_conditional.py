@@ -68,11 +68,12 @@ def launch():
         # ---- model (a preset of modules.MODEL_PRESETS, plus overrides of its arguments)
         model="small",           # small | default | large
         model_args={},           # e.g. {"base_channels": 96}: overrides of the preset
-        network="pixel_trunk",   # pixel_trunk: decode the spectral state to pixels, U-Net, encode
-                                 # back (an x0 estimate) | pixel_trunk_fft: its U-Net blocks with a
-                                 # Res-FFT branch | naf, naf_fft: a NAFNet-style trunk instead |
-                                 # unet: 3x3 U-Net over the representation's channels | ffc: with
-                                 # a global Fourier branch per block (modules.NETWORKS)
+        network="naf",           # naf: decode the spectral state to pixels, a NAFNet-style
+                                 # trunk, encode back (an x0 estimate) | naf_fft: with a Res-FFT
+                                 # branch per block | pixel_trunk, pixel_trunk_fft: a U-Net trunk
+                                 # instead (the default until the 10-minute, 2-seed screen of
+                                 # STUDY.md) | unet: 3x3 U-Net over the representation's channels
+                                 # | ffc: with a global Fourier branch per block (modules.NETWORKS)
         freq_coords=True,        # the representation's constant inputs (frequency coordinates)
         # ---- process and loss
         process="bridge",        # bridge: from the rainy input to the clean target |

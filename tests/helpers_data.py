@@ -8,6 +8,20 @@ from helpers.synth_rain import add_rain
 from helpers.pairs import find_pairs, write_pairs_csv
 
 
+# model_args of a tiny model of each trunk (modules.TRUNKS), for tests that train a few steps
+TINY_MODELS = {"unet": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1,
+                        "attn_levels": [1], "attn_heads": 2, "groups": 4},
+               "naf": {"width": 8, "enc_blocks": [1, 1], "middle_blocks": 1, "dec_blocks": [1, 1]}}
+
+
+def tiny_model_args(network=None):
+    """model_args of a tiny model for `network`'s trunk (default: launch()'s network)."""
+    import ddpm_conditional
+    from modules import NETWORKS
+    network = network or ddpm_conditional.launch()["network"]
+    return dict(TINY_MODELS[NETWORKS[network][1]])
+
+
 def smooth_image(rng, h, w):
     """A smooth colour image with some edges: low-frequency content rain is not."""
     y, x = np.mgrid[0:h, 0:w] / max(h, w)

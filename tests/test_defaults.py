@@ -9,12 +9,10 @@ import torch
 
 import ddpm_conditional as D
 from tests.conftest import REPO
-from tests.helpers_data import make_pairs
+from tests.helpers_data import make_pairs, tiny_model_args
 from tests.test_layers import project_modules
 from training.distributed import Distributed
 
-TINY = {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attn_levels": [1],
-        "attn_heads": 2, "groups": 4}
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +28,11 @@ def _config(tiny, name, **variant):
     """launch()'s config with a tiny data set, model and run (one step, a derain of the two
     pairs), then the variant's settings."""
     cfg = {**D.launch(), "csv": tiny["csv"], "val_csv": tiny["csv"], "crop": 16,
-           "model_args": TINY, "batch_size": 2, "num_workers": 0, "minutes": 0.0,
+           "batch_size": 2, "num_workers": 0, "minutes": 0.0,
            "max_steps": 1, "eval_points": 1, "threads": 1, "device": "cpu",
            "run_dir": str(tiny["root"] / "runs" / name), "ckpt_every": 1, "log_every": 1}
     cfg.update(variant)
+    cfg["model_args"] = tiny_model_args(cfg["network"])
     return cfg
 
 

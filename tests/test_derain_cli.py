@@ -18,14 +18,14 @@ from diffusion import Diffusion
 from helpers.tiling import count_windows
 from sampling import Derainer
 from tests.conftest import REPO, digest
-from tests.helpers_data import make_pairs, make_rep, smooth_image
-from tests.test_training import TINY
+from tests.helpers_data import make_pairs, make_rep, smooth_image, tiny_model_args
 
 FAST = ["--steps", "2", "--quiet"]
 
 
 def _train(data, run_dir, *extra):
-    args = ["--csv", str(data), "--val-csv", str(data), "--crop", "16", "--model-args", TINY,
+    args = ["--csv", str(data), "--val-csv", str(data), "--crop", "16",
+            "--model-args", json.dumps(tiny_model_args("unet")),
             "--batch-size", "4", "--num-workers", "0", "--run-dir", str(run_dir),
             "--eval-every", "0", "--final-eval", "false", "--minutes", "0", "--log-every", "1",
             "--warmup-steps", "1", "--threads", "1", "--max-steps", "2",

@@ -33,11 +33,8 @@ from losses import make_loss
 from modules import build_network
 from sampling import Derainer, sample_settings
 from tests.conftest import REPO
-from tests.helpers_data import make_pairs
+from tests.helpers_data import make_pairs, tiny_model_args
 
-TINY = {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attn_levels": [1],
-        "attn_heads": 2, "groups": 4}
-NAF_TINY = {"width": 8, "enc_blocks": [1, 1], "middle_blocks": 1, "dec_blocks": [1, 1]}
 COPY_OPS = (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default)
 
 
@@ -61,7 +58,9 @@ class Transfers(TorchDispatchMode):
 
 
 def _cfg(**over):
-    return {**D.launch(), "crop": 16, "model_args": TINY, **over}
+    """launch()'s config with a tiny model of the network it ends up with."""
+    cfg = {**D.launch(), "crop": 16, **over}
+    return {**cfg, "model_args": tiny_model_args(cfg["network"])}
 
 
 def _representation(cfg):
@@ -117,7 +116,7 @@ def fake_cuda(monkeypatch, *modules):
     {"representation": "pixels", "network": "unet", "bridge_end": 0.5},
     {"representation": "magphase", "signed_log": True, "network": "ffc"},
     {"network": "pixel_trunk_fft", "loss": "image_fft", "bridge_param": "skip"},
-    {"network": "naf_fft", "model_args": NAF_TINY},
+    {"network": "naf_fft"},
 ], ids=["default", "diffusion", "regression", "spectral_unet", "pixels", "magphase_ffc",
         "fft_branch_fft_loss_skip", "naf_fft"])
 def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
@@ -149,7 +148,7 @@ def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     ({"process": "regression"}, {}),
     ({"representation": "rfft2"}, {"sample_steps": 2}),
     ({"network": "pixel_trunk_fft", "bridge_param": "skip"}, {"sample_steps": 4}),
-    ({"network": "naf_fft", "model_args": NAF_TINY}, {"sample_steps": 2}),
+    ({"network": "naf_fft"}, {"sample_steps": 2}),
 ], ids=["bridge", "bridge_eta_ensemble", "bridge_coupled", "ddim_eta", "ddpm_coupled",
         "ddim_guided", "regression", "rfft2", "fft_branch_skip", "naf_fft"])
 def test_every_sampler_derains_on_the_device(monkeypatch, over, settings):
@@ -219,7 +218,7 @@ def pairs(tmp_path_factory):
 
 def _trainer(pairs, run_dir, *extra):
     args = ["--csv", str(pairs), "--val-csv", str(pairs), "--crop", "16", "--model-args",
-            json.dumps(TINY), "--batch-size", "4", "--num-workers", "0", "--run-dir",
+            json.dumps(tiny_model_args()), "--batch-size", "4", "--num-workers", "0", "--run-dir",
             str(run_dir), "--eval-points", "0", "--final-eval", "false", "--minutes", "0",
             "--warmup-steps", "2", "--threads", "1", "--ckpt-every", "0", *extra]
     cfg, _ = D.resolve_config(args)

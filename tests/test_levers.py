@@ -10,10 +10,9 @@ import ddpm_conditional as D
 from training.distributed import Distributed
 from checkpoint import ckpt_paths, load_checkpoint, load_derainer
 from sampling import derain_items, pairs_items
-from tests.helpers_data import make_pairs
+from tests.helpers_data import make_pairs, tiny_model_args
 from tests.test_training import _args
 
-NAF_TINY = '{"width": 8, "enc_blocks": [1, 1], "middle_blocks": 1, "dec_blocks": [1, 1]}'
 LEVERS = {
     "pixel_trunk": ["--network", "pixel_trunk", "--prediction", "x0", "--signed-log", "false",
                     "--loss", "image"],
@@ -32,8 +31,8 @@ LEVERS = {
     "coupled": ["--coupled", "true", "--sample-steps", "3"],
     "freq_schedule": ["--process", "diffusion", "--network", "unet", "--freq-schedule", "0.5"],
     "pixel_trunk_fft": ["--network", "pixel_trunk_fft"],
-    "naf": ["--network", "naf", "--model-args", NAF_TINY],
-    "naf_fft": ["--network", "naf_fft", "--representation", "pixels", "--model-args", NAF_TINY],
+    "naf": ["--network", "naf"],
+    "naf_fft": ["--network", "naf_fft", "--representation", "pixels"],
     "fft_loss": ["--loss", "image_fft", "--fft-loss-weight", "0.2", "--fft-loss-scales", "2"],
     "bridge_skip": ["--bridge-param", "skip", "--sample-steps", "3"],
     "window32": ["--crop", "32"],
@@ -90,12 +89,14 @@ def test_every_lever_has_its_check():
 @pytest.mark.parametrize("lever", sorted(LEVERS))
 def test_lever_trains_and_derains(lever, pairs, tmp_path):
     torch.set_num_threads(1)
+    flags = LEVERS[lever]
+    network = dict(zip(flags[::2], flags[1::2])).get("--network")  # None: launch()'s
     cfg, _ = D.resolve_config(_args(pairs, tmp_path / "run", "--max-steps", "2",
-                                    "--ckpt-every", "0", *LEVERS[lever]))
+                                    "--ckpt-every", "0", *flags, "--model-args",
+                                    json.dumps(tiny_model_args(network))))
     trainer = D.setup(cfg, Distributed("cpu"), log=lambda m: None)
     assert trainer.train() == 0
     ckpt = load_checkpoint(ckpt_paths(tmp_path / "run")[-1])
-    flags = LEVERS[lever]
     for flag, value in zip(flags[::2], flags[1::2]):  # the checkpoint records the lever
         key = flag[2:].replace("-", "_")
         recorded = ckpt["config"][key]

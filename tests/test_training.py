@@ -17,10 +17,9 @@ from training.parts import LRPlan
 from training.distributed import Distributed
 from training.data import prepare_data
 from tests.conftest import REPO
-from tests.helpers_data import make_pairs
+from tests.helpers_data import make_pairs, tiny_model_args
 
-TINY = json.dumps({"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1,
-                   "attn_levels": [1], "attn_heads": 2, "groups": 4})
+TINY = json.dumps(tiny_model_args())  # a tiny model of launch()'s network
 
 
 @pytest.fixture(scope="module")
@@ -285,10 +284,9 @@ def test_bench_times_the_training_step(monkeypatch):
     assert res["network"] == D.launch()["network"] and res["process"] == D.launch()["process"]
     assert res["representation"] == D.launch()["representation"] and res["loss"] == "image"
     other = next(n for n in ("pixel_trunk", "naf") if n != D.launch()["network"])
-    first, res = res, bench.run_model(bench.parse_args([*["--device", "cpu", "--models", "small", "--batch",
-                                              "2", "--size", "16", "--steps", "1", "--warmup",
-                                              "0", "--threads", "1"], "--network", other]),
-                          "small")
+    argv = ["--device", "cpu", "--models", "small", "--batch", "2", "--size", "16", "--steps",
+            "1", "--warmup", "0", "--threads", "1", "--network", other]
+    first, res = res, bench.run_model(bench.parse_args(argv), "small")
     # --network times another network at the same size name: another model was built
     assert res["network"] == other and res["params_M"] != first["params_M"]
 

@@ -361,7 +361,7 @@ def draw_pipeline(out="training_pipeline.png", labels=None, example=True):
     b_noisy = cv.box(112, yB + 1.5, 27, hB - 3,
                      "noisy target" if lab["defaults"]["process"] == "diffusion"
                      else "network input", lab["noisy"], color="model")
-    b_unet = cv.box(59, yB, 42, hB, "conditional UNet", lab["unet"], color="model")
+    b_unet = cv.box(59, yB, 42, hB, "conditional network", lab["unet"], color="model")
     b_samp = cv.box(11, yB, 33, hB, lab["sampler_title"], lab["sampler"], color="model")
     cv.arrow(_bottom(b_tc, 0.8), (b_tc[0] + 0.8 * b_tc[2], b_noisy[1] + b_noisy[3]),
              label="target", label_xy=(b_tc[0] + 0.8 * b_tc[2] + 0.8, (yA + yB + hB) / 2),
