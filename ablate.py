@@ -158,6 +158,15 @@ VARIANTS = {
     "trunk_bridge_end90_naf_fft": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf_fft"],
                                    "about": "trunk_bridge_end90_naf with a Res-FFT branch in "
                                             "every block"},
+    "pixel_bridge_end90_naf_fft": {"flags": [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network",
+                                             "naf_fft"],
+                                   "about": "pixel_bridge_end90_naf with a Res-FFT branch in "
+                                            "every block (pixel state, spatial + FFT: the 2x2 "
+                                            "table's fourth cell)"},
+    "trunk_bridge_end90_naf_skip": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf",
+                                              "--bridge-param", "skip"],
+                                    "about": "the default (trunk_bridge_end90_naf) with the skip "
+                                             "parametrisation (steps that refine)"},
     "naf_regression": {"flags": ["--representation", "pixels", "--network", "naf", "--process",
                                  "regression", "--loss", "image"],
                        "about": "a NAFNet-style network in pixels, one pass (the outside "

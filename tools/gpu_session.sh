@@ -19,7 +19,7 @@
 #            CPU-minutes, $LANES jobs at once on the GPU: $VARIANTS, seeds $SEEDS, 1 and 4 steps
 #   derain   bench_sampling.py on 5 Rain100L pairs with the study's first variant's checkpoint
 # Environment: PHASES ("env smoke suite bench study derain"), DEVICE (cuda), MINUTES (35),
-# SEEDS (0), LANES (6), VARIANTS, PYTHON (python3), OUT (gpu_out; the device tool sets it), and
+# SEEDS (0), LANES (8), VARIANTS, PYTHON (python3), OUT (gpu_out; the device tool sets it), and
 # each phase's limit LIMIT_<PHASE> in seconds. The log: $OUT/gpu_session.log, $OUT/phases.txt.
 set -u
 cd "$(dirname "$0")/.."
@@ -39,8 +39,10 @@ export PY=${PYTHON:-python3}
 export DEVICE=${DEVICE:-cuda}
 export MINUTES=${MINUTES:-35}
 export SEEDS=${SEEDS:-0}
-export LANES=${LANES:-6}
-export VARIANTS=${VARIANTS:-trunk_bridge_end90,pixel_bridge_end90,regression,trunk_bridge_end90_naf,pixel_bridge_end90_naf,naf_regression}
+export LANES=${LANES:-8}
+# issue 19's 2x2 table with the default's NAF trunk ({Fourier, pixels} x {spatial, + Res-FFT}),
+# regression, and the U-Net-trunk pair of the earlier tables
+export VARIANTS=${VARIANTS:-trunk_bridge_end90_naf,pixel_bridge_end90_naf,trunk_bridge_end90_naf_fft,pixel_bridge_end90_naf_fft,naf_regression,trunk_bridge_end90_naf_skip,trunk_bridge_end90,pixel_bridge_end90}
 export DATA=$KIT/data
 export WORK=runs/gpu_session
 export PHASES=${PHASES-env smoke suite bench study derain}
