@@ -29,7 +29,10 @@ def data(tmp_path_factory):
 
 
 def _args(data, run_dir, *extra):
-    return ["--csv", str(data), "--val-csv", str(data), "--crop", "16", "--model-args", TINY,
+    """The training flags of a tiny run; the tiny model is of the network `extra` names, if any."""
+    network = next((extra[i + 1] for i, a in enumerate(extra[:-1]) if a == "--network"), None)
+    tiny = json.dumps(tiny_model_args(network)) if network else TINY
+    return ["--csv", str(data), "--val-csv", str(data), "--crop", "16", "--model-args", tiny,
             "--batch-size", "4", "--num-workers", "0", "--run-dir", str(run_dir),
             "--eval-every", "0", "--final-eval", "false", "--minutes", "0", "--log-every", "1",
             "--warmup-steps", "1", "--lr-min-ratio", "1.0", "--threads", "1", *extra]
