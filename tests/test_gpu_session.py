@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from conftest import REPO
+from tests.conftest import REPO
 
 
 def _script_in(tmp_path):
