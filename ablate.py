@@ -167,6 +167,14 @@ VARIANTS = {
                                               "--bridge-param", "skip"],
                                     "about": "the default (trunk_bridge_end90_naf) with the skip "
                                              "parametrisation (steps that refine)"},
+    "trunk_bridge_end90_naf_fftloss": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf", "--loss",
+                                                 "image_fft"],
+                                       "about": "the default (trunk_bridge_end90_naf) with the "
+                                                "frequency loss: + 0.1 x the FFT L1 at 3 scales"},
+    "pixel_bridge_end90_naf_fftloss": {"flags": [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network",
+                                                 "naf", "--loss", "image_fft"],
+                                       "about": "pixel_bridge_end90_naf with the frequency loss "
+                                                "(pixel state, FFT in the loss only)"},
     "naf_regression": {"flags": ["--representation", "pixels", "--network", "naf", "--process",
                                  "regression", "--loss", "image"],
                        "about": "a NAFNet-style network in pixels, one pass (the outside "
