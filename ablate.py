@@ -167,6 +167,11 @@ VARIANTS = {
                                               "--bridge-param", "skip"],
                                     "about": "the default (trunk_bridge_end90_naf) with the skip "
                                              "parametrisation (steps that refine)"},
+    "trunk_bridge_end90_naf_scalar": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf", "--norm",
+                                                "scalar_std", "--clip-x0", "0"],
+                                      "about": "the default (trunk_bridge_end90_naf) with one "
+                                               "scale for all frequencies (white bridge noise in "
+                                               "pixels, as its pixel twin's) and no x0 clip"},
     "trunk_bridge_end90_naf_fftloss": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf", "--loss",
                                                  "image_fft"],
                                        "about": "the default (trunk_bridge_end90_naf) with the "
