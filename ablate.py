@@ -49,6 +49,9 @@ TRUNK_BRIDGE = ["--network", "pixel_trunk", "--signed-log", "false", "--loss", "
                 "--process", "bridge"]
 TRUNK_BRIDGE_90 = [*TRUNK_BRIDGE, "--bridge-end", "0.9"]
 PIXEL_BRIDGE = ["--representation", "pixels", "--loss", "image", "--process", "bridge"]  # in pixels
+# the default's levers with the NAF-style trunk, in the Fourier state and in pixels
+TRUNK_BRIDGE_90_NAF = [*TRUNK_BRIDGE_90, "--network", "naf"]
+PIXEL_BRIDGE_90_NAF = [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network", "naf"]
 # drawn in another colour
 REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "pixel_bridge_end90", "regression",
               "pixel_bridge_end90_fft", "pixel_bridge_end90_naf", "naf_regression")
@@ -147,11 +150,10 @@ VARIANTS = {
                                               "--crop", "128", "--batch-size", "4"],
                                     "about": "trunk_bridge_end90_fft on 128-px windows: the "
                                              "global branch sees longer streaks"},
-    "pixel_bridge_end90_naf": {"flags": [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network",
-                                         "naf"],
+    "pixel_bridge_end90_naf": {"flags": PIXEL_BRIDGE_90_NAF,
                                "about": "pixel_bridge_end90 with the NAFNet-style trunk (the "
                                         "pixel twin of trunk_bridge_end90_naf)"},
-    "trunk_bridge_end90_naf": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf"],
+    "trunk_bridge_end90_naf": {"flags": TRUNK_BRIDGE_90_NAF,
                                "about": "trunk_bridge_end90 with a NAFNet-style trunk instead "
                                         "of the "
                                         "U-Net (Fourier state, spatial)"},
@@ -163,21 +165,18 @@ VARIANTS = {
                                    "about": "pixel_bridge_end90_naf with a Res-FFT branch in "
                                             "every block (pixel state, spatial + FFT: the 2x2 "
                                             "table's fourth cell)"},
-    "trunk_bridge_end90_naf_skip": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf",
-                                              "--bridge-param", "skip"],
+    "trunk_bridge_end90_naf_skip": {"flags": [*TRUNK_BRIDGE_90_NAF, "--bridge-param", "skip"],
                                     "about": "the default (trunk_bridge_end90_naf) with the skip "
                                              "parametrisation (steps that refine)"},
-    "trunk_bridge_end90_naf_scalar": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf", "--norm",
-                                                "scalar_std", "--clip-x0", "0"],
+    "trunk_bridge_end90_naf_scalar": {"flags": [*TRUNK_BRIDGE_90_NAF, "--norm", "scalar_std",
+                                                "--clip-x0", "0"],
                                       "about": "the default (trunk_bridge_end90_naf) with one "
                                                "scale for all frequencies (white bridge noise in "
                                                "pixels, as its pixel twin's) and no x0 clip"},
-    "trunk_bridge_end90_naf_fftloss": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf", "--loss",
-                                                 "image_fft"],
+    "trunk_bridge_end90_naf_fftloss": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "image_fft"],
                                        "about": "the default (trunk_bridge_end90_naf) with the "
                                                 "frequency loss: + 0.1 x the FFT L1 at 3 scales"},
-    "pixel_bridge_end90_naf_fftloss": {"flags": [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network",
-                                                 "naf", "--loss", "image_fft"],
+    "pixel_bridge_end90_naf_fftloss": {"flags": [*PIXEL_BRIDGE_90_NAF, "--loss", "image_fft"],
                                        "about": "pixel_bridge_end90_naf with the frequency loss "
                                                 "(pixel state, FFT in the loss only)"},
     "naf_regression": {"flags": ["--representation", "pixels", "--network", "naf", "--process",
