@@ -168,6 +168,10 @@ VARIANTS = {
     "trunk_bridge_end90_naf_skip": {"flags": [*TRUNK_BRIDGE_90_NAF, "--bridge-param", "skip"],
                                     "about": "the default (trunk_bridge_end90_naf) with the skip "
                                              "parametrisation (steps that refine)"},
+    "pixel_bridge_end90_naf_skip": {"flags": [*PIXEL_BRIDGE_90_NAF, "--bridge-param", "skip"],
+                                    "about": "pixel_bridge_end90_naf with the skip "
+                                             "parametrisation (the pixel control of "
+                                             "trunk_bridge_end90_naf_skip)"},
     "trunk_bridge_end90_naf_scalar": {"flags": [*TRUNK_BRIDGE_90_NAF, "--norm", "scalar_std",
                                                 "--clip-x0", "0"],
                                       "about": "the default (trunk_bridge_end90_naf) with one "
