@@ -22,6 +22,7 @@ stopped (a partly trained run continues from its last checkpoint, evaluated rows
 a row without its per-image scores, from before scores.csv, is evaluated again).
 
     python ablate.py --study runs/final --compare trunk_bridge,pixel   # paired, image by image
+    python ablate.py --study runs/final --compare runs/eqsteps:trunk_bridge,pixel  # across studies
 
 --compare reads scores.csv: for each set and sampler step count both variants were evaluated
 at, the mean difference of PSNR-Y and SSIM-Y over the same images (each image's score averaged
@@ -603,7 +604,8 @@ def main(argv=None):
                          "the study, e.g. one ablate.py process per core with --threads 1")
     ap.add_argument("--compare", metavar="A,B", default="",
                     help="compare two variants of the study image by image (scores.csv) and "
-                         "exit; nothing is trained or evaluated")
+                         "exit; nothing is trained or evaluated. OTHER_STUDY:VARIANT takes a "
+                         "variant from another study (e.g. one trained with --steps)")
     args = ap.parse_args(argv)
     if args.lanes < 1:
         ap.error("--lanes is a number of parallel jobs, at least 1")
@@ -637,14 +639,19 @@ def main(argv=None):
     if args.compare:
         pair = [v.strip() for v in args.compare.split(",")]
         if len(pair) != 2 or not all(pair):
-            ap.error("--compare takes two variant names: A,B")
-        scores_path = Path(args.study) / "scores.csv"
-        if not scores_path.exists():
-            print(f"{scores_path}: no per-image scores yet; run the study first (rows "
-                  "evaluated before scores.csv existed are scored again by the same command)",
-                  file=sys.stderr)
-            return 1
-        print_comparison(compare(read_results(scores_path), *pair), *pair)
+            ap.error("--compare takes two variant names: A,B (or OTHER_STUDY:VARIANT)")
+        scores = []
+        for name in pair:  # each from --study, or from the study it names (OTHER_STUDY:VARIANT)
+            other, _, variant = name.rpartition(":")
+            scores_path = Path(other or args.study) / "scores.csv"
+            if not scores_path.exists():
+                print(f"{scores_path}: no per-image scores yet; run the study first (rows "
+                      "evaluated before scores.csv existed are scored again by the same "
+                      "command)", file=sys.stderr)
+                return 1
+            scores += [{**r, "variant": name} for r in read_results(scores_path)
+                       if r["variant"] == variant]
+        print_comparison(compare(scores, *pair), *pair)
         return 0
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]

@@ -133,6 +133,21 @@ def test_compare_pairs_images_and_averages_seeds():
     assert ablate.compare(scores, "a", "nobody") == []
 
 
+def test_compare_reads_a_variant_from_another_study(tmp_path, capsys):
+    fields = ["variant", "seed", "sample_steps", "pairs", "set", "image", "psnr_y", "ssim_y"]
+    here, other = tmp_path / "here", tmp_path / "other"
+    for study, psnr in ((here, {"x": 30, "y": 20}), (other, {"x": 31, "y": 22})):
+        study.mkdir()
+        ablate.write_results(study / "scores.csv", [
+            {"variant": "a", "seed": 0, "sample_steps": 1, "pairs": "all", "set": "Rain100L",
+             "image": i, "psnr_y": p, "ssim_y": 0.5} for i, p in psnr.items()], fields)
+    assert ablate.main(["--study", str(here), "--compare", f"{other}:a,a"]) == 0
+    out = capsys.readouterr().out
+    assert f"{other}:a" in out and "+1.50" in out  # (31 - 30 + 22 - 20) / 2, image by image
+    assert ablate.main(["--study", str(here), "--compare", f"{tmp_path / 'none'}:a,a"]) == 1
+    assert "scores.csv" in capsys.readouterr().err
+
+
 def test_compare_without_scores_says_what_to_run(tmp_path, capsys):
     assert ablate.main(["--study", str(tmp_path), "--compare", "a,b"]) == 1
     assert "scores.csv" in capsys.readouterr().err
