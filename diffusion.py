@@ -163,7 +163,7 @@ class Bridge(_PredictsX0):
 
     Training draws t uniformly, or with `end` > 0 puts that fraction of the draws at t = T-1,
     where the input is the rainy image itself: the task the first sampling step solves, and the
-    hardest one (uniform draws land there once in T; helpers/loss_by_t.py shows how much easier
+    hardest one (uniform draws land there once in T; tools/loss_by_t.py shows how much easier
     the rest are).
 
     `parametrisation` (--bridge-param) says what the network's output F is:
@@ -204,7 +204,7 @@ class Bridge(_PredictsX0):
     def noiseless_x0(self, x_t, start, t):
         """The x0 that x_t implies if its noise is ignored, (x_t - s start) / (1 - s); None where
         some t is T-1 (s = 1: x_t is the start and says nothing about x0). Where it is already
-        close to x0, the task at t is nearly trivial (helpers/loss_by_t.py)."""
+        close to x0, the task at t is nearly trivial (tools/loss_by_t.py)."""
         s = self.start_weight(t, x_t)
         if float(s.max()) >= 1:
             return None

@@ -242,7 +242,7 @@ def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
     assert torch.equal(t[moved], torch.full_like(t[moved], 999))
     frac = (t == 999).double().mean().item()  # 0.25 + 0.75 / 1000 expected
     assert abs(frac - 0.25075) < 4 * (0.25 * 0.75 / 4000) ** 0.5
-    # the share the process reports (helpers/loss_by_t.py prints it) is the one it draws
+    # the share the process reports (tools/loss_by_t.py prints it) is the one it draws
     for b, tt in ((Bridge(1000, 0.1, 0.25, "x0"), t), (Bridge(1000, 0.1, 0.0, "x0"), base_t)):
         for at in (999, 900, 500, 0):
             share = (tt >= at).double().mean().item()

@@ -1,4 +1,4 @@
-"""helpers/loss_by_t.py: the x0 error of a trained bridge by timestep (tiny model, CPU)."""
+"""tools/loss_by_t.py: the x0 error of a trained bridge by timestep (tiny model, CPU)."""
 import pytest
 import torch
 
