@@ -178,6 +178,15 @@ VARIANTS = {
                                       "about": "the default (trunk_bridge_end90_naf) with one "
                                                "scale for all frequencies (white bridge noise in "
                                                "pixels, as its pixel twin's) and no x0 clip"},
+    # the bridge noise at the pixel twin's power: with --bridge-noise 0.1 the Fourier state's
+    # noise decodes to 11.25 dB less power in pixels than the pixel state's at every t
+    # (tools/loss_by_t: the noise-ignoring inversion's PSNR), so its intermediate draws are
+    # near-trivial tasks; 0.1 * 10**(11.25 / 20) = 0.365 matches the power, not the colour
+    "trunk_bridge_end90_naf_pixnoise": {"flags": [*TRUNK_BRIDGE_90_NAF, "--bridge-noise",
+                                                  "0.365"],
+                                        "about": "the default (trunk_bridge_end90_naf) with its "
+                                                 "bridge noise raised to its pixel twin's power "
+                                                 "in pixels (coloured as the data's spectrum)"},
     "trunk_bridge_end90_naf_fftloss": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "image_fft"],
                                        "about": "the default (trunk_bridge_end90_naf) with the "
                                                 "frequency loss: + 0.1 x the FFT L1 at 3 scales"},
