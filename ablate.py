@@ -187,6 +187,15 @@ VARIANTS = {
                                         "about": "the default (trunk_bridge_end90_naf) with its "
                                                  "bridge noise raised to its pixel twin's power "
                                                  "in pixels (coloured as the data's spectrum)"},
+    # steps that refine: the draws below the rainy end built from the network's own first
+    # estimate, as the deterministic sampler's second step sees them (diffusion.Bridge)
+    "trunk_bridge_end90_naf_own": {"flags": [*TRUNK_BRIDGE_90_NAF, "--bridge-states", "own"],
+                                   "about": "the default (trunk_bridge_end90_naf) trained on "
+                                            "the sampler's own states below the rainy end"},
+    "pixel_bridge_end90_naf_own": {"flags": [*PIXEL_BRIDGE_90_NAF, "--bridge-states", "own"],
+                                   "about": "pixel_bridge_end90_naf trained on the sampler's "
+                                            "own states (the pixel control of "
+                                            "trunk_bridge_end90_naf_own)"},
     "trunk_bridge_end90_naf_fftloss": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "image_fft"],
                                        "about": "the default (trunk_bridge_end90_naf) with the "
                                                 "frequency loss: + 0.1 x the FFT L1 at 3 scales"},

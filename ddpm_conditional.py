@@ -87,6 +87,9 @@ def launch():
         bridge_param="x0",       # bridge: what the network outputs: x0 (the estimate) | skip
                                  # (x0 = x_t - s start + s F: the inversion that ignores the
                                  # noise plus the network's correction, weighted by s)
+        bridge_states="clean",   # bridge: the training states below the rainy end: clean
+                                 # (built from the target) | own (from the network's own first
+                                 # estimate, as the sampler's second step sees them)
         freq_schedule=0.0,       # diffusion: noise low frequencies last (0: one schedule; s in
                                  # (0, 1): coefficient at radius r follows abar ** (1 - s (1 - r)))
         timesteps=1000,          # training noise levels

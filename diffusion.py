@@ -175,19 +175,35 @@ class Bridge(_PredictsX0):
               per element), so later sampling steps start from what the earlier ones gave
               instead of the network's answer to a task it was rarely trained on (a skip
               connection weighted by t, as EDM's c_skip and c_out).
+
+    `states` (--bridge-states) says what the training draws below the rainy end (t < T-1) are
+    built from:
+        clean  the clean target: (1 - s) x0 + s start + noise (train_input), the textbook bridge;
+        own    the network's own first estimate x0^ = F(start, T-1) (current weights, no
+               gradient): (1 - s) x0^ + s start, with no noise, which is exactly the state the
+               deterministic sampler (eta = 0) gives its second step. The target stays the clean
+               x0, so those draws teach the step to correct the first estimate (training on the
+               sampler's own states) instead of denoising a state built from the answer, a task
+               the sampler never poses (tools/loss_by_t.py). The draws at T-1 are unchanged.
+               Costs one forward pass without gradient: on the CPU of the draws below the end
+               only, on an accelerator of the whole batch (selecting would read the device).
     """
 
     name = "bridge"
     PARAMETRISATIONS = ("x0", "skip")
+    STATES = ("clean", "own")
 
-    def __init__(self, timesteps, noise, end, parametrisation):
+    def __init__(self, timesteps, noise, end, parametrisation, states="clean"):
         self.timesteps, self.noise, self.end = int(timesteps), float(noise), float(end)
         if not 0 <= self.end <= 1:
             raise ConfigError(f"--bridge-end is a fraction in [0, 1], got {end}")
         if parametrisation not in self.PARAMETRISATIONS:
             raise ConfigError(f"unknown --bridge-param {parametrisation!r}; choose "
                               f"{', '.join(self.PARAMETRISATIONS)}")
-        self.parametrisation = parametrisation
+        if states not in self.STATES:
+            raise ConfigError(f"unknown --bridge-states {states!r}; choose "
+                              f"{', '.join(self.STATES)}")
+        self.parametrisation, self.states = parametrisation, states
 
     def x0_estimate(self, out, x_t, t, start=None):
         if self.parametrisation == "x0":
@@ -230,6 +246,32 @@ class Bridge(_PredictsX0):
     def train_input(self, x0, start, t, noise):
         s = self.start_weight(t, x0)
         return (1 - s) * x0 + s * start + self._sigma(s) * noise
+
+    @torch.no_grad()
+    def own_states(self, net, x_t, start, t, cond, select=None):
+        """--bridge-states own: x_t with every draw below the rainy end replaced by
+        (1 - s) x0^ + s start, x0^ the network's estimate from the rainy input (no gradient).
+        select: run the network on those draws only (default: on the CPU, where reading t is
+        free) rather than on the whole batch."""
+        below = t < self.timesteps - 1
+        end = torch.full_like(t, self.timesteps - 1)
+        if select is None:
+            select = x_t.device.type == "cpu"
+        if select:
+            idx = below.nonzero().flatten()
+            if idx.numel() == 0:
+                return x_t
+            out = net(start[idx], end[idx], cond[idx])
+            x0_hat = self.x0_estimate(out.to(x_t.dtype), start[idx], end[idx], start[idx])
+            s = self.start_weight(t[idx], x_t)
+            x_t = x_t.clone()
+            x_t[idx] = (1 - s) * x0_hat + s * start[idx]
+            return x_t
+        out = net(start, end, cond)  # the whole batch: no read of t on the host
+        x0_hat = self.x0_estimate(out.to(x_t.dtype), start, end, start)
+        s = self.start_weight(t, x_t)
+        mask = below.view(-1, *([1] * (x_t.dim() - 1)))
+        return torch.where(mask, (1 - s) * x0_hat + s * start, x_t)
 
     @torch.no_grad()
     def sample(self, model, cond, start, sampler, steps, eta, guidance, generator=None, clip=None,
@@ -319,7 +361,7 @@ def make_process(cfg, representation):
                          frequency_exponent(representation, strength) if strength else None)
     if name == "bridge":
         return Bridge(cfg["timesteps"], cfg["bridge_noise"], cfg["bridge_end"],
-                      cfg["bridge_param"])
+                      cfg["bridge_param"], cfg["bridge_states"])
     if name == "regression":
         return Regression()
     raise ConfigError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}")

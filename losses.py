@@ -82,6 +82,8 @@ class DiffusionLoss:
             with torch.autocast(x0.device.type, enabled=False):
                 start = self.rep.encode(batch["rain"].float(), batch["rain"].float())[0]
         x_t = self.process.train_input(x0, start, t, noise)
+        if getattr(self.process, "states", "clean") == "own":  # the sampler's own states
+            x_t = self.process.own_states(net, x_t, start, t, cond)
         pred = net(x_t, t, cond)
         return self.per_element(pred, batch, x_t, t, noise, start)
 

@@ -100,7 +100,7 @@ def test_no_module_reads_a_setting_with_a_fallback():
 
 def test_choices_come_from_the_registries():
     import representations
-    from diffusion import PREDICTIONS, PROCESSES, SAMPLERS, SCHEDULES
+    from diffusion import PREDICTIONS, PROCESSES, SAMPLERS, SCHEDULES, Bridge
     from losses import LOSSES
     from modules import MODEL_PRESETS, NETWORKS
     from training.config import CHOICES
@@ -110,7 +110,8 @@ def test_choices_come_from_the_registries():
                        "schedule": SCHEDULES, "prediction": PREDICTIONS, "loss": tuple(LOSSES),
                        "network": tuple(NETWORKS), "process": PROCESSES,
                        "model": tuple(MODEL_PRESETS),
-                       "sampler": SAMPLERS, "amp": tuple(AMP)}
+                       "sampler": SAMPLERS, "amp": tuple(AMP),
+                       "bridge_states": Bridge.STATES}
     for key, allowed in CHOICES.items():
         assert D.launch()[key] in allowed, key
     text = json.dumps(D.launch())

@@ -232,6 +232,76 @@ def test_bridge_runs_from_the_rainy_input_to_the_target():
         assert r.std() < 1e-9 and 0 < r.mean() < 1
 
 
+def test_bridge_own_states_are_what_the_samplers_second_step_sees():
+    from diffusion import Bridge, _timesteps
+    g = torch.Generator().manual_seed(3)
+    x0, start, cond, noise = (torch.randn(4, 2, 4, 4, generator=g, dtype=torch.float64)
+                              for _ in range(4))
+    w = torch.randn(2, 4, 4, generator=g, dtype=torch.float64)
+    calls = []
+
+    def net(x, t, c):  # a fixed non-linear function of all three inputs; records its batches
+        calls.append((x.clone(), t.clone()))
+        return torch.tanh(x * w + c) + t.view(-1, 1, 1, 1) / 1000
+    b = Bridge(100, noise=0.1, end=0.0, parametrisation="x0", states="own")
+    t = torch.tensor([99, 60, 30, 99])
+    x_t = b.train_input(x0, start, t, noise)
+    own = b.own_states(net, x_t, start, t, cond)
+    assert len(calls) == 1 and calls[0][0].shape[0] == 2  # on the CPU: the two draws below the end
+    assert torch.equal(calls[0][1], torch.tensor([99, 99]))  # ...asked at the rainy end
+    assert torch.equal(own[[0, 3]], x_t[[0, 3]])  # the rainy end is untouched
+    first = net(start, torch.full((4,), 99), cond)  # the sampler's first estimate
+    for i in (1, 2):
+        s = (t[i] + 1) / 100
+        torch.testing.assert_close(own[i], (1 - s) * first[i] + s * start[i])
+    # the whole-batch path (an accelerator's) gives the same states
+    torch.testing.assert_close(b.own_states(net, x_t, start, t, cond, select=False), own)
+    # and they are exactly the deterministic sampler's second state
+    calls.clear()
+    b.sample(net, cond, start, "ddim", 2, 0.0, 1.0)
+    t2 = torch.full((4,), _timesteps(b, 2)[1])
+    torch.testing.assert_close(calls[1][0], b.own_states(net, b.train_input(x0, start, t2, noise),
+                                                         start, t2, cond))
+    # and with the skip parametrisation the first estimate is still the network's output at T-1
+    skip = Bridge(100, noise=0.1, end=0.0, parametrisation="skip", states="own")
+    torch.testing.assert_close(skip.own_states(net, x_t, start, t, cond), own)
+    # the textbook states are the default; a name that is not a choice is refused
+    assert Bridge(100, 0.1, 0.0, "x0").states == "clean"
+    with pytest.raises(ValueError, match="bridge-states"):
+        Bridge(100, 0.1, 0.0, "x0", states="sampled")
+
+
+def test_the_own_states_loss_trains_on_them():
+    """--bridge-states own reaches the training loss: the network's training input below the
+    rainy end is the own state, built from its estimate at T-1."""
+    from diffusion import make_process
+    from losses import make_loss
+    import representations
+    from ddpm_conditional import launch
+    cfg = {**launch(), "process": "bridge", "timesteps": 10, "bridge_end": 0.0,
+           "bridge_param": "x0", "bridge_states": "own", "loss": "image", "p_uncond": 0.0}
+    rep = representations.make("pixels", 4, False, target="clean")  # start: the rain, not 0
+    proc = make_process(cfg, rep)
+    loss = make_loss(cfg, proc, rep)
+    g = torch.Generator().manual_seed(0)
+    clean, rain = torch.rand(3, 3, 4, 4, generator=g), torch.rand(3, 3, 4, 4, generator=g)
+    x0, cond = rep.encode(clean, rain)
+    seen = []
+
+    def net(x, t, c):
+        seen.append((x.clone(), t.clone()))
+        return 0.5 * x
+    gen = torch.Generator().manual_seed(1)
+    loss(net, {"target": x0, "cond": cond, "clean": clean, "rain": rain}, gen)
+    (x_first, t_first), (x_t, t) = seen
+    assert (t_first == 9).all() and (t < 9).any()
+    start = rep.encode(rain, rain)[0]
+    s = ((t + 1) / 10).view(-1, 1, 1, 1)
+    below = t < 9
+    expected = (1 - s) * 0.5 * start + s * start
+    torch.testing.assert_close(x_t[below], expected[below])
+
+
 def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
     from diffusion import Bridge, make_process
     x0 = torch.zeros(4000, 1, 2, 2)
@@ -263,7 +333,7 @@ def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
     assert torch.equal(n6[4], noise_4)
     assert t6[4] == (999 if u_4 < 0.5 else t_4)
     cfg = {"process": "bridge", "timesteps": 1000, "bridge_noise": 0.1, "bridge_end": 0.3,
-           "bridge_param": "x0"}
+           "bridge_param": "x0", "bridge_states": "clean"}
     assert make_process(cfg, None).end == 0.3
     assert make_process({**cfg, "bridge_end": 0.0}, None).end == 0
     with pytest.raises(ValueError, match="bridge-end"):

@@ -35,6 +35,7 @@ LEVERS = {
     "naf_fft": ["--network", "naf_fft", "--representation", "pixels"],
     "fft_loss": ["--loss", "image_fft", "--fft-loss-weight", "0.2", "--fft-loss-scales", "2"],
     "bridge_skip": ["--bridge-param", "skip", "--sample-steps", "3"],
+    "bridge_own_states": ["--bridge-states", "own", "--bridge-end", "0.5", "--sample-steps", "3"],
     "window32": ["--crop", "32"],
 }
 
@@ -73,6 +74,8 @@ HONOURED = {
     "fft_loss": lambda tr, d: type(tr.parts.loss).__name__ == "ImageFFTLoss" and
     (tr.parts.loss.weight, tr.parts.loss.scales) == (0.2, 2),
     "bridge_skip": lambda tr, d: d.diffusion.parametrisation == "skip",
+    "bridge_own_states": lambda tr, d: d.diffusion.states == "own" and
+    tr.parts.loss.process.states == "own",
     "window32": lambda tr, d: d.rep.crop == 32 and d.rep.shape(32, 32)[1:] == (32, 32),
 }
 

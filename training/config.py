@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import representations
-from diffusion import PREDICTIONS, PROCESSES, SAMPLERS, SCHEDULES
+from diffusion import PREDICTIONS, PROCESSES, SAMPLERS, SCHEDULES, Bridge
 from helpers.errors import ConfigError
 from losses import LOSSES
 from modules import MODEL_PRESETS, NETWORKS, X0_NETWORKS
@@ -18,7 +18,8 @@ from training.parts import AMP
 CHOICES = {"representation": representations.names(), "target": representations.TARGETS,
            "norm": representations.NORMS, "schedule": SCHEDULES, "prediction": PREDICTIONS,
            "loss": tuple(LOSSES), "network": tuple(NETWORKS), "process": PROCESSES,
-           "model": tuple(MODEL_PRESETS), "sampler": SAMPLERS, "amp": tuple(AMP)}
+           "model": tuple(MODEL_PRESETS), "sampler": SAMPLERS, "amp": tuple(AMP),
+           "bridge_states": Bridge.STATES}
 
 
 def parse_value(text, default):
