@@ -257,21 +257,20 @@ class Bridge(_PredictsX0):
         end = torch.full_like(t, self.timesteps - 1)
         if select is None:
             select = x_t.device.type == "cpu"
-        if select:
-            idx = below.nonzero().flatten()
-            if idx.numel() == 0:
-                return x_t
-            out = net(start[idx], end[idx], cond[idx])
-            x0_hat = self.x0_estimate(out.to(x_t.dtype), start[idx], end[idx], start[idx])
-            s = self.start_weight(t[idx], x_t)
-            x_t = x_t.clone()
-            x_t[idx] = (1 - s) * x0_hat + s * start[idx]
+        # the draws to rebuild: on the CPU those below the end, elsewhere the whole batch (then
+        # masked), so that choosing them does not read the device
+        idx = below.nonzero().flatten() if select else slice(None)
+        if select and idx.numel() == 0:
             return x_t
-        out = net(start, end, cond)  # the whole batch: no read of t on the host
-        x0_hat = self.x0_estimate(out.to(x_t.dtype), start, end, start)
-        s = self.start_weight(t, x_t)
-        mask = below.view(-1, *([1] * (x_t.dim() - 1)))
-        return torch.where(mask, (1 - s) * x0_hat + s * start, x_t)
+        x0_hat = self.x0_estimate(net(start[idx], end[idx], cond[idx]).to(x_t.dtype),
+                                  start[idx], end[idx], start[idx])
+        s = self.start_weight(t[idx], x_t)
+        own = (1 - s) * x0_hat + s * start[idx]
+        if select:
+            x_t = x_t.clone()
+            x_t[idx] = own
+            return x_t
+        return torch.where(below.view(-1, *([1] * (x_t.dim() - 1))), own, x_t)
 
     @torch.no_grad()
     def sample(self, model, cond, start, sampler, steps, eta, guidance, generator=None, clip=None,
