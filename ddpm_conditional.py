@@ -292,9 +292,10 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self):
         cfg, env = self.cfg, self.env
-        for s in (signal.SIGUSR1, signal.SIGTERM):
-            try:
-                signal.signal(s, self._on_signal)
+        previous = {}  # put back when the loop ends: a handler left installed would hold the
+        for s in (signal.SIGUSR1, signal.SIGTERM):  # trainer, and under DDP its process group,
+            try:                                    # until the interpreter shuts down
+                previous[s] = signal.signal(s, self._on_signal)
             except (ValueError, AttributeError):  # not the main thread / no such signal
                 pass
         self.clock.start(self.step)
@@ -340,6 +341,8 @@ class Trainer:
         finally:
             bar.close()
             self.log.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         return exit_code
 
     def _log_point(self, stats, bar, lr, seconds, images):

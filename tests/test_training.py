@@ -258,6 +258,24 @@ def test_torchrun_with_a_time_budget_plans_from_rank_0s_clock(data, tmp_path):
     assert len(lrs) > 5 and lrs[-1] < 0.5 * max(lrs)  # and the run ended with a decayed rate
 
 
+def test_the_trainer_is_released_when_training_ends(data, tmp_path):
+    # Its SIGTERM/SIGUSR1 handlers are put back. Left installed, they held the trainer (and
+    # under torchrun DDP's process group) until the interpreter shut down, where gloo's
+    # threads aborted a rank after a run that had succeeded, now and then (CI, 2026-12-06).
+    import gc
+    import signal
+    import weakref
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    cfg, _ = D.resolve_config(_args(data, tmp_path / "r", "--max-steps", "2"))
+    trainer = D.setup(cfg, Distributed("cpu"), log=lambda m: None)
+    assert trainer.train() == 0
+    assert {s: signal.getsignal(s) for s in before} == before
+    ref = weakref.ref(trainer.parts.model)
+    del trainer
+    gc.collect()
+    assert ref() is None
+
+
 def test_ranks_out_of_sync_stop_the_run():
     from types import SimpleNamespace
     records = []

@@ -1,6 +1,7 @@
 """This process's place in a torchrun job, or a single process: rank, world size, device, and
 the few collectives the training loop needs (all of them outside the step, except the device
 all-reduce that agrees on skipping a non-finite step)."""
+import gc
 import hashlib
 import os
 
@@ -66,7 +67,12 @@ class Distributed:
         return out
 
     def close(self):
+        """Leave the job. The training objects that hold the process group (DDP's reducer)
+        are collected first, so that the group is torn down here, while the interpreter is
+        whole: torn down at interpreter exit, gloo's threads can abort the process
+        ("terminate called without an active exception") after a run that succeeded."""
         if self.ddp and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
 
 
