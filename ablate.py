@@ -166,6 +166,17 @@ VARIANTS = {
                                    "about": "pixel_bridge_end90_naf with a Res-FFT branch in "
                                             "every block (pixel state, spatial + FFT: the 2x2 "
                                             "table's fourth cell)"},
+    # the default's network on 128-px windows (4 crops a step: the same pixels), with and
+    # without the Res-FFT branch: whether a global branch pays once its window holds longer
+    # streaks (derain.py tiles in the training window, so the FFT size matches)
+    "trunk_bridge_end90_naf_w128": {"flags": [*TRUNK_BRIDGE_90_NAF, "--crop", "128",
+                                              "--batch-size", "4"],
+                                    "about": "the default (trunk_bridge_end90_naf) on 128-px "
+                                             "windows (4 a step: the same pixels)"},
+    "trunk_bridge_end90_naf_fft_w128": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf_fft",
+                                                  "--crop", "128", "--batch-size", "4"],
+                                        "about": "trunk_bridge_end90_naf_fft on 128-px windows: "
+                                                 "the Res-FFT branch sees longer streaks"},
     "trunk_bridge_end90_naf_skip": {"flags": [*TRUNK_BRIDGE_90_NAF, "--bridge-param", "skip"],
                                     "about": "the default (trunk_bridge_end90_naf) with the skip "
                                              "parametrisation (steps that refine)"},
@@ -196,6 +207,13 @@ VARIANTS = {
                                    "about": "pixel_bridge_end90_naf trained on the sampler's "
                                             "own states (the pixel control of "
                                             "trunk_bridge_end90_naf_own)"},
+    # both: on the sampler's own states the skip estimate is (1 - s) x0^ + s F, the first
+    # estimate kept in proportion to how far the sampler has moved from the rainy end
+    "trunk_bridge_end90_naf_own_skip": {"flags": [*TRUNK_BRIDGE_90_NAF, "--bridge-states", "own",
+                                                  "--bridge-param", "skip"],
+                                        "about": "trunk_bridge_end90_naf_own with the skip "
+                                                 "parametrisation (later steps correct the first "
+                                                 "estimate)"},
     "trunk_bridge_end90_naf_fftloss": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "image_fft"],
                                        "about": "the default (trunk_bridge_end90_naf) with the "
                                                 "frequency loss: + 0.1 x the FFT L1 at 3 scales"},
