@@ -220,6 +220,14 @@ VARIANTS = {
     "pixel_bridge_end90_naf_fftloss": {"flags": [*PIXEL_BRIDGE_90_NAF, "--loss", "image_fft"],
                                        "about": "pixel_bridge_end90_naf with the frequency loss "
                                                 "(pixel state, FFT in the loss only)"},
+    # the PSNR loss (losses.PSNRLoss): every window's dB counts alike, where the image MSE
+    # lets the windows with the most rain left (Rain100H's) dominate
+    "trunk_bridge_end90_naf_psnr": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "psnr"],
+                                    "about": "the default (trunk_bridge_end90_naf) with the PSNR "
+                                             "loss (each window's -PSNR) instead of the image MSE"},
+    "pixel_bridge_end90_naf_psnr": {"flags": [*PIXEL_BRIDGE_90_NAF, "--loss", "psnr"],
+                                    "about": "pixel_bridge_end90_naf with the PSNR loss (the "
+                                             "pixel control of trunk_bridge_end90_naf_psnr)"},
     "naf_regression": {"flags": ["--representation", "pixels", "--network", "naf", "--process",
                                  "regression", "--loss", "image"],
                        "about": "a NAFNet-style network in pixels, one pass (the outside "

@@ -98,7 +98,8 @@ def launch():
                                  # and regression predict x0)
         loss="image",            # image: MSE of the decoded x0 estimate in image space (what
                                  # PSNR measures) | model: MSE of the prediction | mix |
-                                 # image_fft: image + an L1 on the decoded x0's FFT (losses.py)
+                                 # image_fft: image + an L1 on the decoded x0's FFT | psnr:
+                                 # each window's -PSNR (losses.py)
         loss_mix=0.5,            # weight of the image part of loss=mix
         fft_loss_weight=0.1,     # image_fft: weight of the FFT L1 at each scale
         fft_loss_scales=3,       # image_fft: scales (the window, then halved each time)

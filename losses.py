@@ -23,6 +23,11 @@ so a loss can decode the network's x0 estimate and measure it in image space.
            and SFNet / FSNet (there 0.1 beside a pixel L1). An L1 on the spectrum weighs a
            frequency by its error's magnitude, not its square, so the faint high frequencies
            that an MSE lets a blurry estimate give up cost more.
+    psnr   the negative PSNR of each window's decoded x0, in dB, averaged over the batch (the PSNR
+           loss of NAFNet, Chen et al. 2022): -10 log10 of the window's MSE, i.e. its squared
+           error weighted by 1 / that MSE. The image loss averages squared errors, so the windows
+           with the most rain left (Rain100H's) dominate its gradient; this one counts every
+           window's dB alike, as the benchmarks' mean PSNR over images does.
 """
 import torch
 import torch.nn.functional as F
@@ -166,7 +171,21 @@ class ImageFFTLoss(ImageLoss):
         return weighted_parts(parts)
 
 
-LOSSES = {cls.name: cls for cls in (ModelLoss, ImageLoss, MixLoss, ImageFFTLoss)}
+class PSNRLoss(ImageLoss):
+    """The negative PSNR of each window's decoded x0 (dB against a peak of 1), one value per
+    window, so the loop's mean is the batch's mean -PSNR. PSNR_FLOOR_MSE keeps a window that is
+    already almost exact (60 dB) from taking an unbounded weight."""
+
+    name = "psnr"
+    PSNR_FLOOR_MSE = 1e-6
+
+    def per_element(self, pred, batch, x_t, t, noise, start):
+        err = self.decoded(pred, batch, x_t, t, start) - batch["clean"].float()
+        mse = err.pow(2).flatten(1).mean(1, keepdim=True)  # (B, 1)
+        return 10.0 * torch.log10(mse + self.PSNR_FLOOR_MSE)
+
+
+LOSSES = {cls.name: cls for cls in (ModelLoss, ImageLoss, MixLoss, ImageFFTLoss, PSNRLoss)}
 
 
 def make_loss(cfg, process, representation):

@@ -5,7 +5,8 @@ import torch
 
 import representations
 from diffusion import Diffusion
-from losses import IMAGE_UNIT, LOSSES, ImageFFTLoss, ImageLoss, MixLoss, ModelLoss, make_loss
+from losses import (IMAGE_UNIT, LOSSES, ImageFFTLoss, ImageLoss, MixLoss, ModelLoss, PSNRLoss,
+                    make_loss)
 from tests.helpers_data import make_rep
 
 
@@ -121,7 +122,8 @@ def test_losses_are_chosen_by_name():
     assert isinstance(loss, MixLoss) and loss.mix == 0.25 and loss.p_uncond == 0.1
     loss = make_loss({**cfg, "loss": "image_fft"}, d, rep)
     assert isinstance(loss, ImageFFTLoss) and (loss.weight, loss.scales) == (0.2, 2)
-    assert set(LOSSES) == {"model", "image", "mix", "image_fft"}
+    assert set(LOSSES) == {"model", "image", "mix", "image_fft", "psnr"}
+    assert isinstance(make_loss({**cfg, "loss": "psnr"}, d, rep), PSNRLoss)
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss({**cfg, "loss": "l1"}, d, rep)
     from diffusion import Bridge  # a skip-parametrised bridge has no x0 output to compare with
@@ -175,3 +177,44 @@ def test_the_default_process_bridge_feeds_the_network_a_point_between_rain_and_t
     assert torch.equal(t, torch.full_like(t, 999))
     torch.testing.assert_close(x_t, start)
     assert x_t.abs().max() > 0  # a real encoding: the normalised zero change is not zero
+
+
+def test_the_psnr_loss_is_each_windows_negative_psnr():
+    rep, d = _rep(log=False), Diffusion(1000, "cosine", "x0")
+    batch = _batch(rep)
+    net = Fixed(batch["target"].shape)
+    loss = PSNRLoss(d, rep, 0.0, 0)(net, batch)
+    image = rep.decode(net.out.detach().double(), batch["rain"].double())
+    mse = ((image - batch["clean"].double()) ** 2).flatten(1).mean(1)
+    assert loss.shape == (4, 1)
+    torch.testing.assert_close(loss[:, 0].double(), 10 * torch.log10(mse + PSNRLoss.PSNR_FLOOR_MSE),
+                               rtol=1e-4, atol=1e-4)
+    # a near-exact window is held at the floor (60 dB), not driven to -inf
+    exact = Fixed(batch["target"].shape)
+    exact.out.data = batch["target"].clone()
+    assert PSNRLoss(d, rep, 0.0, 0)(exact, batch).min() > -60.5
+
+
+def test_the_psnr_loss_weighs_each_window_by_the_inverse_of_its_error():
+    # the image loss's gradient on a window is proportional to its error; the PSNR loss's to its
+    # error over its MSE: a window 10x closer in MSE gets 10x the weight per unit of error
+    rep, d = _rep(log=False), Diffusion(1000, "cosine", "x0")
+    batch = _batch(rep, b=2)
+    net = Fixed(batch["target"].shape)
+    net.out.data = batch["target"].clone()
+    net.out.data[0] += 0.1 * torch.randn_like(net.out.data[0])
+    net.out.data[1] += 0.1 * 10 ** -0.5 * torch.randn_like(net.out.data[1])  # 10x less MSE
+    grads = {}
+    for cls in (ImageLoss, PSNRLoss):
+        net.out.grad = None
+        cls(d, rep, 0.0, 0)(net, batch).mean().backward()
+        g = net.out.grad.flatten(1)
+        err = (net.out.detach() - batch["target"]).flatten(1)
+        grads[cls.name] = (g.norm(dim=1) / err.norm(dim=1)).tolist()  # gradient per unit error
+    image = rep.decode(net.out.detach().double(), batch["rain"].double())
+    mse = ((image - batch["clean"].double()) ** 2).flatten(1).mean(1).tolist()
+    assert mse[0] / mse[1] > 5
+    ratio_image = grads["image"][1] / grads["image"][0]
+    ratio_psnr = grads["psnr"][1] / grads["psnr"][0]
+    assert ratio_image == pytest.approx(1.0, rel=0.1)
+    assert ratio_psnr == pytest.approx(ratio_image * mse[0] / mse[1], rel=0.01)
