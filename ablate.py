@@ -55,7 +55,8 @@ TRUNK_BRIDGE_90_NAF = [*TRUNK_BRIDGE_90, "--network", "naf"]
 PIXEL_BRIDGE_90_NAF = [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network", "naf"]
 # drawn in another colour
 REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "pixel_bridge_end90", "regression",
-              "pixel_bridge_end90_fft", "pixel_bridge_end90_naf", "naf_regression")
+              "pixel_bridge_end90_fft", "pixel_bridge_end90_naf", "naf_regression",
+              "pixel_bridge_end90_naf_psnr", "naf_regression_psnr")
 DEFAULT = "trunk_bridge_end90_naf"  # the variant that launch()'s defaults train (a test checks it)
 VARIANTS = {
     # the references
@@ -232,6 +233,10 @@ VARIANTS = {
                                  "regression", "--loss", "image"],
                        "about": "a NAFNet-style network in pixels, one pass (the outside "
                                 "reference, spatial only)"},
+    "naf_regression_psnr": {"flags": ["--representation", "pixels", "--network", "naf",
+                                      "--process", "regression", "--loss", "psnr"],
+                            "about": "naf_regression with the PSNR loss (the outside peer's "
+                                     "loss: the reference for trunk_bridge_end90_naf_psnr)"},
 }
 # Every lever a variant may turn, at the values of the Fourier model before the study (the
 # variants' flags override these), so a variant means the same whatever launch()'s defaults are.
