@@ -89,6 +89,8 @@ def test_labels_come_from_the_code_and_follow_launch_defaults(monkeypatch):
     assert DP.pipeline_labels()["loss"].endswith("+ 0.2 \u00d7 FFT-L1 at 2 scales")
     monkeypatch.setattr(D, "launch", lambda: {**d, "loss": "image"})
     assert "FFT-L1" not in DP.pipeline_labels()["loss"]
+    monkeypatch.setattr(D, "launch", lambda: {**d, "loss": "psnr"})
+    assert "PSNR of each window" in DP.pipeline_labels()["loss"]
 
     changed = {**d, "representation": "magphase", "norm": "global", "target": "clean",
                "prediction": "eps", "sampler": "ddpm", "sample_steps": 7, "crop": 32,

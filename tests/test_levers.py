@@ -34,6 +34,7 @@ LEVERS = {
     "naf": ["--network", "naf"],
     "naf_fft": ["--network", "naf_fft", "--representation", "pixels"],
     "fft_loss": ["--loss", "image_fft", "--fft-loss-weight", "0.2", "--fft-loss-scales", "2"],
+    "psnr_loss": ["--loss", "psnr"],
     "bridge_skip": ["--bridge-param", "skip", "--sample-steps", "3"],
     "bridge_own_states": ["--bridge-states", "own", "--bridge-end", "0.5", "--sample-steps", "3"],
     "window32": ["--crop", "32"],
@@ -73,6 +74,7 @@ HONOURED = {
     any(type(m).__name__ == "ResFFT" for m in d.model.modules()) and d.rep.name == "pixels",
     "fft_loss": lambda tr, d: type(tr.parts.loss).__name__ == "ImageFFTLoss" and
     (tr.parts.loss.weight, tr.parts.loss.scales) == (0.2, 2),
+    "psnr_loss": lambda tr, d: type(tr.parts.loss).__name__ == "PSNRLoss",
     "bridge_skip": lambda tr, d: d.diffusion.parametrisation == "skip",
     "bridge_own_states": lambda tr, d: d.diffusion.states == "own" and
     tr.parts.loss.process.states == "own",

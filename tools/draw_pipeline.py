@@ -137,6 +137,7 @@ def pipeline_labels(defaults=None):
     lab["loss"] = (f"training: MSE to the {d['prediction']}-target" if d["loss"] == "model" else
                    "training: image-space MSE of the decoded x0" + fft_term
                    if d["loss"] in ("image", "image_fft") else
+                   "training: \u2212PSNR of each window's decoded x0" if d["loss"] == "psnr" else
                    f"training: MSE to the {d['prediction']}-target + image-space MSE")
     clip = f"x0 estimate clipped \u00b1{d['clip_x0']:g}" if d["clip_x0"] else ""
     if process == "diffusion":
