@@ -57,7 +57,7 @@ PIXEL_BRIDGE_90_NAF = [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network", "naf"]
 REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "pixel_bridge_end90", "regression",
               "pixel_bridge_end90_fft", "pixel_bridge_end90_naf", "naf_regression",
               "pixel_bridge_end90_naf_psnr", "naf_regression_psnr")
-DEFAULT = "trunk_bridge_end90_naf"  # the variant that launch()'s defaults train (a test checks it)
+DEFAULT = "trunk_bridge_end90_naf_psnr"  # the variant that launch()'s defaults train (a test checks it)
 VARIANTS = {
     # the references
     "pixel": {"flags": ["--representation", "pixels"],
@@ -172,14 +172,14 @@ VARIANTS = {
     # streaks (derain.py tiles in the training window, so the FFT size matches)
     "trunk_bridge_end90_naf_w128": {"flags": [*TRUNK_BRIDGE_90_NAF, "--crop", "128",
                                               "--batch-size", "4"],
-                                    "about": "the default (trunk_bridge_end90_naf) on 128-px "
+                                    "about": "trunk_bridge_end90_naf on 128-px "
                                              "windows (4 a step: the same pixels)"},
     "trunk_bridge_end90_naf_fft_w128": {"flags": [*TRUNK_BRIDGE_90, "--network", "naf_fft",
                                                   "--crop", "128", "--batch-size", "4"],
                                         "about": "trunk_bridge_end90_naf_fft on 128-px windows: "
                                                  "the Res-FFT branch sees longer streaks"},
     "trunk_bridge_end90_naf_skip": {"flags": [*TRUNK_BRIDGE_90_NAF, "--bridge-param", "skip"],
-                                    "about": "the default (trunk_bridge_end90_naf) with the skip "
+                                    "about": "trunk_bridge_end90_naf with the skip "
                                              "parametrisation (steps that refine)"},
     "pixel_bridge_end90_naf_skip": {"flags": [*PIXEL_BRIDGE_90_NAF, "--bridge-param", "skip"],
                                     "about": "pixel_bridge_end90_naf with the skip "
@@ -187,7 +187,7 @@ VARIANTS = {
                                              "trunk_bridge_end90_naf_skip)"},
     "trunk_bridge_end90_naf_scalar": {"flags": [*TRUNK_BRIDGE_90_NAF, "--norm", "scalar_std",
                                                 "--clip-x0", "0"],
-                                      "about": "the default (trunk_bridge_end90_naf) with one "
+                                      "about": "trunk_bridge_end90_naf with one "
                                                "scale for all frequencies (white bridge noise in "
                                                "pixels, as its pixel twin's) and no x0 clip"},
     # the bridge noise at the pixel twin's power: with --bridge-noise 0.1 the Fourier state's
@@ -196,13 +196,13 @@ VARIANTS = {
     # near-trivial tasks; 0.1 * 10**(11.25 / 20) = 0.365 matches the power, not the colour
     "trunk_bridge_end90_naf_pixnoise": {"flags": [*TRUNK_BRIDGE_90_NAF, "--bridge-noise",
                                                   "0.365"],
-                                        "about": "the default (trunk_bridge_end90_naf) with its "
+                                        "about": "trunk_bridge_end90_naf with its "
                                                  "bridge noise raised to its pixel twin's power "
                                                  "in pixels (coloured as the data's spectrum)"},
     # steps that refine: the draws below the rainy end built from the network's own first
     # estimate, as the deterministic sampler's second step sees them (diffusion.Bridge)
     "trunk_bridge_end90_naf_own": {"flags": [*TRUNK_BRIDGE_90_NAF, "--bridge-states", "own"],
-                                   "about": "the default (trunk_bridge_end90_naf) trained on "
+                                   "about": "trunk_bridge_end90_naf trained on "
                                             "the sampler's own states below the rainy end"},
     "pixel_bridge_end90_naf_own": {"flags": [*PIXEL_BRIDGE_90_NAF, "--bridge-states", "own"],
                                    "about": "pixel_bridge_end90_naf trained on the sampler's "
@@ -216,7 +216,7 @@ VARIANTS = {
                                                  "parametrisation (later steps correct the first "
                                                  "estimate)"},
     "trunk_bridge_end90_naf_fftloss": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "image_fft"],
-                                       "about": "the default (trunk_bridge_end90_naf) with the "
+                                       "about": "trunk_bridge_end90_naf with the "
                                                 "frequency loss: + 0.1 x the FFT L1 at 3 scales"},
     "pixel_bridge_end90_naf_fftloss": {"flags": [*PIXEL_BRIDGE_90_NAF, "--loss", "image_fft"],
                                        "about": "pixel_bridge_end90_naf with the frequency loss "
@@ -224,7 +224,7 @@ VARIANTS = {
     # the PSNR loss (losses.PSNRLoss): every window's dB counts alike, where the image MSE
     # lets the windows with the most rain left (Rain100H's) dominate
     "trunk_bridge_end90_naf_psnr": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "psnr"],
-                                    "about": "the default (trunk_bridge_end90_naf) with the PSNR "
+                                    "about": "trunk_bridge_end90_naf with the PSNR "
                                              "loss (each window's -PSNR) instead of the image MSE"},
     "pixel_bridge_end90_naf_psnr": {"flags": [*PIXEL_BRIDGE_90_NAF, "--loss", "psnr"],
                                     "about": "pixel_bridge_end90_naf with the PSNR loss (the "
