@@ -229,6 +229,12 @@ VARIANTS = {
     "pixel_bridge_end90_naf_psnr": {"flags": [*PIXEL_BRIDGE_90_NAF, "--loss", "psnr"],
                                     "about": "pixel_bridge_end90_naf with the PSNR loss (the "
                                              "pixel control of trunk_bridge_end90_naf_psnr)"},
+    "trunk_bridge_end90_naf_own_skip_psnr": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "psnr",
+                                                       "--bridge-states", "own",
+                                                       "--bridge-param", "skip"],
+                                             "about": "trunk_bridge_end90_naf_own_skip with the "
+                                                      "PSNR loss (the default with steps that "
+                                                      "cost nothing)"},
     "naf_regression": {"flags": ["--representation", "pixels", "--network", "naf", "--process",
                                  "regression", "--loss", "image"],
                        "about": "a NAFNet-style network in pixels, one pass (the outside "
