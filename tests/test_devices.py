@@ -108,7 +108,8 @@ def fake_cuda(monkeypatch, *modules):
 
 # ===================================================================== fake CUDA
 @pytest.mark.parametrize("over", [
-    {},  # the default: bridge, pixel trunk, image loss
+    {},  # the default: bridge, NAF trunk, PSNR loss
+    {"loss": "image"},
     {"process": "diffusion"},
     {"process": "regression"},
     {"process": "diffusion", "network": "unet", "prediction": "v", "loss": "mix",
@@ -118,7 +119,7 @@ def fake_cuda(monkeypatch, *modules):
     {"network": "pixel_trunk_fft", "loss": "image_fft", "bridge_param": "skip"},
     {"network": "naf_fft"},
     {"bridge_states": "own", "bridge_end": 0.5},
-], ids=["default", "diffusion", "regression", "spectral_unet", "pixels", "magphase_ffc",
+], ids=["default", "image_loss", "diffusion", "regression", "spectral_unet", "pixels", "magphase_ffc",
         "fft_branch_fft_loss_skip", "naf_fft", "own_states"])
 def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     cfg = _cfg(**over)
