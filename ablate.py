@@ -235,6 +235,18 @@ VARIANTS = {
                                              "about": "trunk_bridge_end90_naf_own_skip with the "
                                                       "PSNR loss (the default with steps that "
                                                       "cost nothing)"},
+    # the optimisation and the loss's weighting around trunk_bridge_end90_naf_psnr
+    "trunk_bridge_end90_naf_psnr_noclip": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "psnr",
+                                                     "--grad-clip", "0"],
+                                           "about": "trunk_bridge_end90_naf_psnr without "
+                                                    "gradient clipping (the clip at 1 is active "
+                                                    "at every step: norms of 25-89)"},
+    "trunk_bridge_end90_naf_psnr_floor3": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "psnr",
+                                                     "--psnr-floor", "1e-3"],
+                                           "about": "trunk_bridge_end90_naf_psnr with an MSE "
+                                                    "floor of 1e-3 (30 dB) in the log: between "
+                                                    "the PSNR loss's weighting and the image "
+                                                    "MSE's"},
     "naf_regression": {"flags": ["--representation", "pixels", "--network", "naf", "--process",
                                  "regression", "--loss", "image"],
                        "about": "a NAFNet-style network in pixels, one pass (the outside "
@@ -249,7 +261,8 @@ VARIANTS = {
 LEVERS = ["--representation", "realimag", "--signed-log", "true", "--norm", "perfreq_std",
           "--network", "unet", "--process", "diffusion", "--prediction", "v", "--loss", "model",
           "--crop", "64", "--batch-size", "16", "--freq-schedule", "0", "--coupled", "false",
-          "--sample-steps", "2", "--bridge-end", "0", "--bridge-param", "x0"]
+          "--sample-steps", "2", "--bridge-end", "0", "--bridge-param", "x0",
+          "--grad-clip", "1.0", "--psnr-floor", "1e-6"]
 BASE = ["--preset", "rain100", "--minutes", "0", "--eval-every", "0", "--eval-points", "0",
         "--final-eval", "false", "--log-every", "10", *LEVERS]
 SETS = ("Rain100L", "Rain100H")

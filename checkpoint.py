@@ -44,7 +44,8 @@ REQUIRED = ("step", "model", "config", "model_config", "representation")
 HISTORICAL = {"process": "diffusion", "network": "unet", "coupled": False, "bridge_noise": 0.1,
               "norm_gamma": 0.5, "block": 8, "freq_schedule": 0.0, "bridge_end": 0.0,
               "channels_last": True, "p_uncond": 0.0, "bridge_param": "x0",
-              "fft_loss_weight": 0.1, "fft_loss_scales": 3, "bridge_states": "clean"}
+              "fft_loss_weight": 0.1, "fft_loss_scales": 3, "bridge_states": "clean",
+              "psnr_floor": 1e-6}
 
 
 class CheckpointError(InputError):

@@ -106,6 +106,8 @@ def launch():
         loss_mix=0.5,            # weight of the image part of loss=mix
         fft_loss_weight=0.1,     # image_fft: weight of the FFT L1 at each scale
         fft_loss_scales=3,       # image_fft: scales (the window, then halved each time)
+        psnr_floor=1e-6,         # psnr: the MSE floor in its log (60 dB; larger moves the
+                                 # windows' weighting back towards the image MSE's, losses.py)
         p_uncond=0.0,            # condition dropout in training (>0 enables guidance)
         # ---- optimisation
         batch_size=16,           # per process and micro-batch
@@ -116,7 +118,7 @@ def launch():
         lr_min_ratio=0.05,       # final learning rate as a fraction of lr
         max_steps=0,             # optimiser steps (0: no limit, use minutes)
         minutes=10.0,            # wall-clock budget for training (0: no limit, use max_steps)
-        grad_clip=1.0,           # clip the global gradient norm
+        grad_clip=1.0,           # clip the global gradient norm to this (0: no clipping)
         ema_decay=0.999,         # EMA of the weights (warmed up as (1+n)/(10+n))
         amp="bf16",              # CUDA autocast: bf16 | fp16 (with a GradScaler) | none
         channels_last=True,      # NHWC memory format (faster on CUDA and on x86 CPUs)

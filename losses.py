@@ -173,16 +173,26 @@ class ImageFFTLoss(ImageLoss):
 
 class PSNRLoss(ImageLoss):
     """The negative PSNR of each window's decoded x0 (dB against a peak of 1), one value per
-    window, so the loop's mean is the batch's mean -PSNR. PSNR_FLOOR_MSE keeps a window that is
-    already almost exact (60 dB) from taking an unbounded weight."""
+    window, so the loop's mean is the batch's mean -PSNR: 10 log10(MSE + floor).
+
+    The floor (an MSE; `--psnr-floor`) bounds the weight 1 / (MSE + floor) that a window's
+    squared error gets. At its default, 1e-6 (60 dB), it only keeps an almost exact window from
+    an unbounded weight and the loss is the PSNR loss. Raised towards the windows' own MSEs it
+    moves the weighting back towards the image MSE: with a floor of 1e-3 (30 dB) a window at
+    30 dB counts half as much, against one at 23 dB, as without it."""
 
     name = "psnr"
-    PSNR_FLOOR_MSE = 1e-6
+
+    def __init__(self, *args, floor=1e-6, **kw):
+        super().__init__(*args, **kw)
+        if not floor > 0:
+            raise ConfigError(f"--psnr-floor must be > 0 (an MSE), got {floor!r}")
+        self.floor = float(floor)
 
     def per_element(self, pred, batch, x_t, t, noise, start):
         err = self.decoded(pred, batch, x_t, t, start) - batch["clean"].float()
         mse = err.pow(2).flatten(1).mean(1, keepdim=True)  # (B, 1)
-        return 10.0 * torch.log10(mse + self.PSNR_FLOOR_MSE)
+        return 10.0 * torch.log10(mse + self.floor)
 
 
 LOSSES = {cls.name: cls for cls in (ModelLoss, ImageLoss, MixLoss, ImageFFTLoss, PSNRLoss)}
@@ -194,8 +204,8 @@ def make_loss(cfg, process, representation):
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     kw = {"mix": {"mix": cfg["loss_mix"]},
-          "image_fft": {"weight": cfg["fft_loss_weight"], "scales": cfg["fft_loss_scales"]}
-          }.get(name, {})
+          "image_fft": {"weight": cfg["fft_loss_weight"], "scales": cfg["fft_loss_scales"]},
+          "psnr": {"floor": cfg["psnr_floor"]}}.get(name, {})
     if name in ("model", "mix") and getattr(process, "parametrisation", "x0") != "x0":
         raise ConfigError(f"--loss {name} compares the network's output with x0, which the "
                           f"bridge's {process.parametrisation} parametrisation does not output; "

@@ -5,6 +5,7 @@ import torch
 
 import representations
 from diffusion import Diffusion
+from helpers.errors import ConfigError
 from losses import (IMAGE_UNIT, LOSSES, ImageFFTLoss, ImageLoss, MixLoss, ModelLoss, PSNRLoss,
                     make_loss)
 from tests.helpers_data import make_rep
@@ -117,13 +118,14 @@ def test_condition_dropout_zeroes_the_condition():
 def test_losses_are_chosen_by_name():
     rep, d = _rep(), Diffusion(1000, "cosine", "v")
     cfg = {"loss": "mix", "loss_mix": 0.25, "p_uncond": 0.1, "seed": 3,
-           "fft_loss_weight": 0.2, "fft_loss_scales": 2}
+           "fft_loss_weight": 0.2, "fft_loss_scales": 2, "psnr_floor": 1e-4}
     loss = make_loss(cfg, d, rep)
     assert isinstance(loss, MixLoss) and loss.mix == 0.25 and loss.p_uncond == 0.1
     loss = make_loss({**cfg, "loss": "image_fft"}, d, rep)
     assert isinstance(loss, ImageFFTLoss) and (loss.weight, loss.scales) == (0.2, 2)
     assert set(LOSSES) == {"model", "image", "mix", "image_fft", "psnr"}
-    assert isinstance(make_loss({**cfg, "loss": "psnr"}, d, rep), PSNRLoss)
+    loss = make_loss({**cfg, "loss": "psnr"}, d, rep)
+    assert isinstance(loss, PSNRLoss) and loss.floor == 1e-4
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss({**cfg, "loss": "l1"}, d, rep)
     from diffusion import Bridge  # a skip-parametrised bridge has no x0 output to compare with
@@ -187,7 +189,7 @@ def test_the_psnr_loss_is_each_windows_negative_psnr():
     image = rep.decode(net.out.detach().double(), batch["rain"].double())
     mse = ((image - batch["clean"].double()) ** 2).flatten(1).mean(1)
     assert loss.shape == (4, 1)
-    torch.testing.assert_close(loss[:, 0].double(), 10 * torch.log10(mse + PSNRLoss.PSNR_FLOOR_MSE),
+    torch.testing.assert_close(loss[:, 0].double(), 10 * torch.log10(mse + 1e-6),
                                rtol=1e-4, atol=1e-4)
     # a near-exact window is held at the floor (60 dB), not driven to -inf
     exact = Fixed(batch["target"].shape)
@@ -218,3 +220,36 @@ def test_the_psnr_loss_weighs_each_window_by_the_inverse_of_its_error():
     ratio_psnr = grads["psnr"][1] / grads["psnr"][0]
     assert ratio_image == pytest.approx(1.0, rel=0.1)
     assert ratio_psnr == pytest.approx(ratio_image * mse[0] / mse[1], rel=0.01)
+
+
+def test_the_psnr_floor_moves_the_weighting_towards_the_image_loss():
+    # log(MSE + floor): a window's squared error is weighted by 1 / (its MSE + floor), so a
+    # floor above both windows' MSEs weights them almost alike, as the image MSE does
+    rep, d = _rep(log=False), Diffusion(1000, "cosine", "x0")
+    batch = _batch(rep, b=2)
+    net = Fixed(batch["target"].shape)
+    net.out.data = batch["target"].clone()
+    net.out.data[0] += 0.1 * torch.randn_like(net.out.data[0])
+    net.out.data[1] += 0.1 * 10 ** -0.5 * torch.randn_like(net.out.data[1])
+    image = rep.decode(net.out.detach().double(), batch["rain"].double())
+    mse = ((image - batch["clean"].double()) ** 2).flatten(1).mean(1)
+    err = (net.out.detach() - batch["target"]).flatten(1).norm(dim=1)
+
+    def weight_ratio(loss):  # window 1's gradient per unit error over window 0's
+        net.out.grad = None
+        loss.mean().backward()
+        g = net.out.grad.flatten(1).norm(dim=1) / err
+        return float(g[1] / g[0])
+    image_ratio = weight_ratio(ImageLoss(d, rep, 0.0, 0)(net, batch))
+    ratios = {}
+    for floor in (1e-6, float(mse.max()), 100 * float(mse.max())):
+        loss = PSNRLoss(d, rep, 0.0, 0, floor=floor)(net, batch)
+        torch.testing.assert_close(loss[:, 0].double(), 10 * torch.log10(mse + floor),
+                                   rtol=1e-4, atol=1e-4)
+        ratios[floor] = weight_ratio(loss) / image_ratio  # relative to the image MSE's
+        want = float((mse[0] + floor) / (mse[1] + floor))
+        assert ratios[floor] == pytest.approx(want, rel=0.01)
+    r = list(ratios.values())
+    assert r[0] > 5 and r[0] > r[1] > r[2] and r[2] == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ConfigError, match="--psnr-floor must be > 0"):
+        PSNRLoss(d, rep, 0.0, 0, floor=0.0)

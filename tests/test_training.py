@@ -12,6 +12,7 @@ import torch
 
 import checkpoint as C
 import ddpm_conditional as D
+from helpers.errors import ConfigError
 from training.parts import TrainStep
 from training.parts import LRPlan
 from training.distributed import Distributed
@@ -323,3 +324,47 @@ def test_a_step_budget_shorter_than_its_warm_up_still_ends_decayed():
     assert long.factor(0) == 1 / 200 and long.factor(199) == 1.0  # long runs: unchanged
     assert long.factor(49999) < 0.06
     assert LRPlan(1e-3, 200, 0.05).factor(10 ** 6) == 1.0  # no end: constant after warm-up
+
+
+class _PlainSGD(torch.optim.Optimizer):
+    """w -= grad (no found_inf handling, which TrainStep sets as an attribute only)."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p -= p.grad
+
+
+def _one_sgd_step(clip):
+    """One TrainStep of a 3-weight linear model with plain SGD at lr 1 and a loss whose gradient
+    norm is 50: -> the change of the weights."""
+    from types import SimpleNamespace
+    model = torch.nn.Linear(3, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    x = torch.tensor([[30.0, 40.0, 0.0]])  # d(out)/dw = x, |x| = 50
+    parts = SimpleNamespace(
+        net=model, model=model, amp_dtype=None,
+        loss=lambda net, batch: net(batch["target"]).sum().reshape(1, 1),
+        opt=_PlainSGD(model.parameters()),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        ema=SimpleNamespace(update=lambda m, keep: None))
+    env = SimpleNamespace(device=torch.device("cpu"), ddp=False, world=1,
+                          any_on_device=lambda flag: flag)
+    cfg = {"grad_accum": 1, "grad_clip": clip, "channels_last": False}
+    before = model.weight.detach().clone()
+    _, gnorm, skipped, _ = TrainStep(cfg, parts, env)(iter([{"target": x}]))
+    assert float(gnorm) == pytest.approx(50.0) and not bool(skipped)
+    return model.weight.detach() - before
+
+
+def test_grad_clip_bounds_the_update_and_zero_turns_it_off():
+    clipped = _one_sgd_step(1.0)
+    assert clipped.norm().item() == pytest.approx(1.0, rel=1e-4)  # scaled down to norm 1
+    free = _one_sgd_step(0.0)  # 0: the whole gradient, not a zero one
+    torch.testing.assert_close(free, -torch.tensor([[30.0, 40.0, 0.0]]))
+    with pytest.raises(ConfigError, match="--grad-clip must be >= 0"):
+        _one_sgd_step(-1.0)

@@ -15,6 +15,7 @@ import torch
 
 from checkpoint import ema_weights
 from diffusion import make_process
+from helpers.errors import ConfigError
 from losses import make_loss
 from modules import build_network
 from training.data import make_representation
@@ -162,7 +163,12 @@ class TrainStep:
 
     def __init__(self, cfg, parts, env):
         self.parts, self.env = parts, env
-        self.grad_accum, self.grad_clip = int(cfg["grad_accum"]), float(cfg["grad_clip"])
+        self.grad_accum = int(cfg["grad_accum"])
+        clip = float(cfg["grad_clip"])
+        if not clip >= 0:  # a negative max norm would flip the gradient
+            raise ConfigError(f"--grad-clip must be >= 0 (0: no clipping), got {clip!r}")
+        # 0: no clipping (the norm is still computed, for the log and the finite check)
+        self.grad_clip = clip or float("inf")
         self.channels_last = bool(cfg["channels_last"])
 
     def _to_device(self, batch):
