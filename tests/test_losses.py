@@ -197,56 +197,51 @@ def test_the_psnr_loss_is_each_windows_negative_psnr():
     assert PSNRLoss(d, rep, 0.0, 0)(exact, batch).min() > -60.5
 
 
-def test_the_psnr_loss_weighs_each_window_by_the_inverse_of_its_error():
-    # the image loss's gradient on a window is proportional to its error; the PSNR loss's to its
-    # error over its MSE: a window 10x closer in MSE gets 10x the weight per unit of error
+def _two_windows():
+    """Two windows whose x0 estimates are off by noise, the second with about 10x less MSE:
+    -> (representation, process, batch, net, each window's image-space MSE)."""
     rep, d = _rep(log=False), Diffusion(1000, "cosine", "x0")
     batch = _batch(rep, b=2)
     net = Fixed(batch["target"].shape)
     net.out.data = batch["target"].clone()
     net.out.data[0] += 0.1 * torch.randn_like(net.out.data[0])
     net.out.data[1] += 0.1 * 10 ** -0.5 * torch.randn_like(net.out.data[1])  # 10x less MSE
-    grads = {}
-    for cls in (ImageLoss, PSNRLoss):
-        net.out.grad = None
-        cls(d, rep, 0.0, 0)(net, batch).mean().backward()
-        g = net.out.grad.flatten(1)
-        err = (net.out.detach() - batch["target"]).flatten(1)
-        grads[cls.name] = (g.norm(dim=1) / err.norm(dim=1)).tolist()  # gradient per unit error
     image = rep.decode(net.out.detach().double(), batch["rain"].double())
-    mse = ((image - batch["clean"].double()) ** 2).flatten(1).mean(1).tolist()
+    mse = ((image - batch["clean"].double()) ** 2).flatten(1).mean(1)
+    return rep, d, batch, net, mse
+
+
+def _weight_ratio(net, batch, loss):
+    """Window 1's gradient per unit of its error over window 0's, for a per-window loss."""
+    net.out.grad = None
+    loss.mean().backward()
+    err = (net.out.detach() - batch["target"]).flatten(1).norm(dim=1)
+    g = net.out.grad.flatten(1).norm(dim=1) / err
+    return float(g[1] / g[0])
+
+
+def test_the_psnr_loss_weighs_each_window_by_the_inverse_of_its_error():
+    # the image loss's gradient on a window is proportional to its error; the PSNR loss's to its
+    # error over its MSE: a window 10x closer in MSE gets 10x the weight per unit of error
+    rep, d, batch, net, mse = _two_windows()
     assert mse[0] / mse[1] > 5
-    ratio_image = grads["image"][1] / grads["image"][0]
-    ratio_psnr = grads["psnr"][1] / grads["psnr"][0]
+    ratio_image = _weight_ratio(net, batch, ImageLoss(d, rep, 0.0, 0)(net, batch))
+    ratio_psnr = _weight_ratio(net, batch, PSNRLoss(d, rep, 0.0, 0)(net, batch))
     assert ratio_image == pytest.approx(1.0, rel=0.1)
-    assert ratio_psnr == pytest.approx(ratio_image * mse[0] / mse[1], rel=0.01)
+    assert ratio_psnr == pytest.approx(ratio_image * float(mse[0] / mse[1]), rel=0.01)
 
 
 def test_the_psnr_floor_moves_the_weighting_towards_the_image_loss():
     # log(MSE + floor): a window's squared error is weighted by 1 / (its MSE + floor), so a
     # floor above both windows' MSEs weights them almost alike, as the image MSE does
-    rep, d = _rep(log=False), Diffusion(1000, "cosine", "x0")
-    batch = _batch(rep, b=2)
-    net = Fixed(batch["target"].shape)
-    net.out.data = batch["target"].clone()
-    net.out.data[0] += 0.1 * torch.randn_like(net.out.data[0])
-    net.out.data[1] += 0.1 * 10 ** -0.5 * torch.randn_like(net.out.data[1])
-    image = rep.decode(net.out.detach().double(), batch["rain"].double())
-    mse = ((image - batch["clean"].double()) ** 2).flatten(1).mean(1)
-    err = (net.out.detach() - batch["target"]).flatten(1).norm(dim=1)
-
-    def weight_ratio(loss):  # window 1's gradient per unit error over window 0's
-        net.out.grad = None
-        loss.mean().backward()
-        g = net.out.grad.flatten(1).norm(dim=1) / err
-        return float(g[1] / g[0])
-    image_ratio = weight_ratio(ImageLoss(d, rep, 0.0, 0)(net, batch))
+    rep, d, batch, net, mse = _two_windows()
+    image_ratio = _weight_ratio(net, batch, ImageLoss(d, rep, 0.0, 0)(net, batch))
     ratios = {}
     for floor in (1e-6, float(mse.max()), 100 * float(mse.max())):
         loss = PSNRLoss(d, rep, 0.0, 0, floor=floor)(net, batch)
         torch.testing.assert_close(loss[:, 0].double(), 10 * torch.log10(mse + floor),
                                    rtol=1e-4, atol=1e-4)
-        ratios[floor] = weight_ratio(loss) / image_ratio  # relative to the image MSE's
+        ratios[floor] = _weight_ratio(net, batch, loss) / image_ratio  # relative to the image MSE's
         want = float((mse[0] + floor) / (mse[1] + floor))
         assert ratios[floor] == pytest.approx(want, rel=0.01)
     r = list(ratios.values())
