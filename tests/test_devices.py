@@ -227,9 +227,11 @@ def _trainer(pairs, run_dir, *extra):
     return D.setup(cfg, Distributed("cpu"), log=lambda m: None)
 
 
+@pytest.mark.parametrize("extra", [[], ["--grad-clip", "0", "--psnr-floor", "1e-3"]],
+                         ids=["default", "no_clip_floor"])
 def test_the_training_step_reads_nothing_back_and_makes_nothing_from_numpy(pairs, tmp_path,
-                                                                         monkeypatch):
-    trainer = _trainer(pairs, tmp_path / "step", "--grad-accum", "2")
+                                                                         monkeypatch, extra):
+    trainer = _trainer(pairs, tmp_path / "step", "--grad-accum", "2", *extra)
     stream = iter(get_data_batches(trainer, 12))  # loaded first: the step alone is counted
     made = _counting_numpy(monkeypatch)
     with Transfers() as seen:
