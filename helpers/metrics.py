@@ -154,6 +154,24 @@ def spectral_error(pred_u8, target_u8):
     return {"hf_err_db": float(np.mean(np.abs(d))), "hf_bias_db": float(np.mean(d))}
 
 
+def error_by_band(pred_u8, target_u8, bands=SPECTRAL_BANDS):
+    """Where in frequency the error lies: the MSE of the Y channels split over rings of equal
+    width in radial frequency (0 to 0.5 cycles per pixel, the corners beyond 0.5 in the last
+    ring) -> (bands,) float64 whose sum is the MSE that PSNR-Y uses. By Parseval's theorem the
+    mean squared error is the sum of |FFT(pred - target)|^2 over the frequencies divided by the
+    pixel count squared, so each ring's part of that sum is its share of the MSE, exactly (no
+    window: a window would break the sum). Ring 0 holds the mean (a brightness error); a blurred
+    output's error sits in the upper rings. Compare two methods band by band to see which
+    frequencies a PSNR gap comes from."""
+    pred, target = _check_pair(pred_u8, target_u8)
+    err = rgb_to_y(pred).astype(np.float64) - rgb_to_y(target).astype(np.float64)
+    h, w = err.shape
+    power = np.abs(np.fft.fft2(err)) ** 2 / float(h * w) ** 2
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
+    ring = np.minimum((radius / 0.5 * bands).astype(int), bands - 1)
+    return np.bincount(ring.ravel(), power.ravel(), bands)
+
+
 def score_pair(pred, target):
     """All metrics for one pair -> {"psnr_y", "ssim_y", "psnr_rgb", "hf_err_db", "hf_bias_db"}
     (floats; PSNR may be inf).
@@ -299,6 +317,16 @@ def default_workers():
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def pair_tasks(pred_dir, target_dir, input_dir=None):
+    """The (name, prediction, target, input or None) paths to score, paired as score_folders
+    describes (`target_dir` a folder of clean images or a pairs CSV), and the messages of the
+    files that could not be paired -> (tasks, errors)."""
+    if str(target_dir).lower().endswith(".csv"):
+        return _pairs_tasks(os.fspath(pred_dir), target_dir)
+    return _pair_files(os.fspath(pred_dir), os.fspath(target_dir),
+                       None if input_dir is None else os.fspath(input_dir))
+
+
 def score_folders(pred_dir, target_dir, input_dir=None, workers=None):
     """Score every prediction in `pred_dir` against the target of the same name stem in
     `target_dir` (rain-001.png pairs rain-001.jpg); with `input_dir`, also score the rainy input
@@ -312,12 +340,9 @@ def score_folders(pred_dir, target_dir, input_dir=None, workers=None):
     are averaged over the same images. Only a missing folder raises (NotADirectoryError).
     `workers` processes score the pairs (default: default_workers(); 1 runs in this process).
     Returns a FolderScores (rows, summary, errors)."""
+    tasks, errors = pair_tasks(pred_dir, target_dir, input_dir)
     if str(target_dir).lower().endswith(".csv"):
-        tasks, errors = _pairs_tasks(os.fspath(pred_dir), target_dir)
         input_dir = "the pairs CSV's rainy column"
-    else:
-        tasks, errors = _pair_files(os.fspath(pred_dir), os.fspath(target_dir),
-                                    None if input_dir is None else os.fspath(input_dir))
     workers = default_workers() if workers is None else max(1, int(workers))
     workers = min(workers, max(1, len(tasks)))
     if workers == 1:

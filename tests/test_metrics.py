@@ -304,3 +304,57 @@ def test_the_spectral_error_sees_blur_and_added_streaks():
     db = band_power_db(noise)
     assert db.shape == (8,) and np.ptp(db[1:]) < 1.0
     assert band_power_db(np.outer(np.arange(128), np.ones(96)))[-1] < db[-1] - 20
+
+
+# ---------------------------------------------------------------- error by frequency band
+def test_error_by_band_splits_the_psnr_mse_exactly_and_by_frequency():
+    from scipy import ndimage
+
+    from helpers.metrics import error_by_band, psnr_from_mse
+    clean = _textured(5)
+    noisy = np.clip(clean.astype(int) + np.random.default_rng(2).normal(0, 9, clean.shape),
+                    0, 255).astype(np.uint8)
+    split = error_by_band(noisy, clean)
+    assert split.shape == (8,) and (split >= 0).all()
+    # Parseval: the bands add up to the MSE that PSNR-Y is computed from
+    assert psnr_from_mse(split.sum()) == pytest.approx(psnr_y(noisy, clean), abs=1e-9)
+    # a brightness change is all in the first ring (the mean), a blur's error in the upper ones
+    brighter = (clean.astype(int) + 7).clip(0, 255).astype(np.uint8)
+    shift = error_by_band(brighter, clean)   # (all but Y's rounding, which varies by pixel)
+    assert shift[0] > 0.99 * shift.sum()
+    blurred = ndimage.gaussian_filter(clean.astype(float), (1.5, 1.5, 0)).round().astype(np.uint8)
+    blur = error_by_band(blurred, clean)
+    assert blur[4:].sum() > 0.5 * blur.sum() and blur[0] < 0.1 * blur.sum()
+    assert error_by_band(clean, clean).sum() == 0.0
+    assert error_by_band(noisy, clean, bands=3).sum() == pytest.approx(split.sum())
+
+
+def test_error_bands_tool_finds_the_band_a_gap_comes_from(tmp_path, capsys):
+    # method A: the clean image plus low-frequency error; method B: A plus high-frequency
+    # error, so B's whole gap sits in the top rings and the per-band dB add up to about it
+    from tools import error_bands
+    t, a, b = (tmp_path / n for n in ("target", "a", "b"))
+    for d in (t, a, b):
+        d.mkdir()
+    yy, xx = np.mgrid[0:48, 0:64]
+    for i in range(3):
+        clean = _textured(20 + i, 48, 64)
+        low = (6 * np.sin(xx / 12.0 + i))[..., None]
+        high = (5 * np.where((xx + yy) % 2, 1, -1))[..., None]   # the Nyquist checkerboard
+        write_rgb(t / f"{i}.png", clean)
+        write_rgb(a / f"{i}.png", np.clip(clean + low, 0, 255).astype(np.uint8))
+        write_rgb(b / f"{i}.png", np.clip(clean + low + high, 0, 255).astype(np.uint8))
+    per = [error_bands.band_errors(d, t, 8)[0] for d in (a, b)]
+    res = error_bands.compare(per, 8)
+    assert res["names"] == ["0", "1", "2"] and res["gap_db"][0] == 0.0
+    assert res["gap_db"][1] < -1.0                         # B is worse
+    assert res["cost_db"][1, -1] > 0.9 * -res["gap_db"][1]  # ... by its top ring
+    assert abs(res["cost_db"][1, :4]).max() < 0.05          # not by the low rings
+    assert res["cost_db"][1].sum() == pytest.approx(-res["gap_db"][1], rel=0.2)
+    assert error_bands.main([str(t), str(a), str(b), "--labels", "A,B"]) == 0
+    out = capsys.readouterr().out
+    assert "MSE A" in out and "dB vs A B" in out and "3 images" in out
+    (b / "2.png").unlink()                                 # a missing output: named, exit 1
+    assert error_bands.main([str(t), str(a), str(b)]) == 1
+    captured = capsys.readouterr()
+    assert "2.png" in captured.err and "2 images" in captured.out
