@@ -251,6 +251,14 @@ VARIANTS = {
                                  "regression", "--loss", "image"],
                        "about": "a NAFNet-style network in pixels, one pass (the outside "
                                 "reference, spatial only)"},
+    # the Fourier state with no process: one pass from the rainy spectrum, the NAF trunk, the
+    # PSNR loss. With a pixel trunk it computes what naf_regression_psnr computes (the state
+    # is decoded to pixels and the change encoded back), so beside it at equal steps it says
+    # whether the state itself costs anything beyond its FFTs
+    "trunk_regression_naf_psnr": {"flags": ["--network", "naf", "--signed-log", "false",
+                                            "--loss", "psnr", "--process", "regression"],
+                                  "about": "the Fourier state, no process: one pass, NAF trunk, "
+                                           "PSNR loss (naf_regression_psnr's twin)"},
     "naf_regression_psnr": {"flags": ["--representation", "pixels", "--network", "naf",
                                       "--process", "regression", "--loss", "psnr"],
                             "about": "naf_regression with the PSNR loss (the outside peer's "
