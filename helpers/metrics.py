@@ -126,6 +126,13 @@ def ssim_y(pred_u8, target_u8):
     return _ssim(rgb_to_y(pred), rgb_to_y(target))
 
 
+def _ring_index(h, w, bands):
+    """The ring of each frequency of an (h, w) FFT: rings of equal width in radial frequency,
+    0 to 0.5 cycles per pixel -> (h, w) ints; the corners beyond 0.5 get `bands` and above."""
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
+    return (radius / 0.5 * bands).astype(int)
+
+
 def band_power_db(y, bands=SPECTRAL_BANDS):
     """The radially averaged power spectrum of a luma image (H, W), in dB per ring: the mean
     removed, a 2-D Hann window against the leakage of the image's borders, |FFT|^2 averaged over
@@ -134,8 +141,7 @@ def band_power_db(y, bands=SPECTRAL_BANDS):
     h, w = y.shape
     window = np.outer(np.hanning(h), np.hanning(w))
     power = np.abs(np.fft.fft2((y - y.mean()) * window)) ** 2 / window.sum() ** 2
-    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
-    ring = np.minimum((radius / 0.5 * bands).astype(int), bands)  # >= 0.5 (the corners): out
+    ring = np.minimum(_ring_index(h, w, bands), bands)  # >= 0.5 (the corners): out
     sums = np.bincount(ring.ravel(), power.ravel(), bands + 1)[:bands]
     counts = np.bincount(ring.ravel(), minlength=bands + 1)[:bands]
     return 10 * np.log10(sums / np.maximum(counts, 1) + 1e-12)
@@ -167,8 +173,7 @@ def error_by_band(pred_u8, target_u8, bands=SPECTRAL_BANDS):
     err = rgb_to_y(pred).astype(np.float64) - rgb_to_y(target).astype(np.float64)
     h, w = err.shape
     power = np.abs(np.fft.fft2(err)) ** 2 / float(h * w) ** 2
-    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
-    ring = np.minimum((radius / 0.5 * bands).astype(int), bands - 1)
+    ring = np.minimum(_ring_index(h, w, bands), bands - 1)
     return np.bincount(ring.ravel(), power.ravel(), bands)
 
 
