@@ -3,14 +3,14 @@ over radial frequency bands (helpers.metrics.error_by_band, exact by Parseval), 
 method after the first, how many dB each band costs it against the first.
 
     python -m tools.error_bands TARGET PRED_A PRED_B [PRED_C ...] [--bands 8] [--labels a,b,c]
-    python -m tools.error_bands data/presets/rain100/val.csv out/pixel out/fourier
+    python -m tools.error_bands data/presets/rain100/val_Rain100L.csv out/pixel_L out/fourier_L
 
 TARGET is a folder of clean images (paired by name stem) or a pairs CSV (each rainy image's
 output found by the name derain.py gives it), as for tools/score.py. Only the images that every
-method has are compared. For a band k, "dB vs A" is the mean over images of
-PSNR-Y(B with band k's error replaced by A's) - PSNR-Y(B): positive where B's error in that band
-is larger than A's, i.e. what the band costs B. The per-band figures add up to about the
-paired PSNR-Y gap (exactly in MSE, not in dB, as PSNR is a log). Exits 1 if any image failed
+method has are compared. For a band k, "dB vs A" is PSNR-Y(B) - PSNR-Y(B with band k's error
+replaced by A's), the mean over images: negative where B's error in that band is larger than
+A's, i.e. the dB that band loses B against A. The per-band figures add up to about the paired
+PSNR-Y gap (exactly in MSE, not in dB, as PSNR is a log). Exits 1 if any image failed
 (reported by name on stderr).
 """
 import argparse
