@@ -358,3 +358,11 @@ def test_error_bands_tool_finds_the_band_a_gap_comes_from(tmp_path, capsys):
     assert error_bands.main([str(t), str(a), str(b)]) == 1
     captured = capsys.readouterr()
     assert "2.png" in captured.err and "2 images" in captured.out
+    for f in b.iterdir():                                  # no image common to all: exit 1
+        f.unlink()
+    assert error_bands.main([str(t), str(a), str(b)]) == 1
+    assert "no image is scored for every method" in capsys.readouterr().err
+    write_rgb(b / "0.png", _textured(1, 24, 24))            # a size mismatch names both files
+    assert error_bands.main([str(t), str(a), str(b)]) == 1
+    err = capsys.readouterr().err
+    assert str(b / "0.png") in err and str(t / "0.png") in err and "same size" in err

@@ -29,17 +29,17 @@ def band_errors(pred_dir, target, bands):
     out = {}
     for name, pred_path, target_path, _ in tasks:
         try:
-            pred, clean = read_rgb(pred_path), read_rgb(target_path)
-            if pred.shape != clean.shape:
-                raise InputError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} "
-                                 f"but target {target_path} is {clean.shape[1]}x{clean.shape[0]}")
-            out[name] = error_by_band(pred, clean, bands)
-        except (ImageError, InputError) as e:
+            out[name] = error_by_band(read_rgb(pred_path), read_rgb(target_path), bands)
+        except ImageError as e:  # already names the file
             errors.append(str(e))
+        except InputError as e:  # metrics' size check: name the two files
+            errors.append(f"{pred_path} against {target_path}: {e}")
     return out, errors
 
 
 def psnr_of(mse):
+    """PSNR-Y of an array of MSEs (metrics.psnr_from_mse takes one; here an identical image
+    gets a large finite value instead of inf, so that means stay finite)."""
     return 10 * np.log10(PEAK ** 2 / np.maximum(mse, 1e-12))
 
 
@@ -106,10 +106,10 @@ def main(argv=None):
             print(f"error: {m}", file=sys.stderr)
         failed |= bool(messages)
         per_method.append(errs)
-    result = compare(per_method, args.bands)
-    if not result["names"]:
+    if not set.intersection(*(set(m) for m in per_method)):
         print("error: no image is scored for every method", file=sys.stderr)
         return 1
+    result = compare(per_method, args.bands)
     print(format_table(result, labels, args.bands))
     return 1 if failed else 0
 
