@@ -540,7 +540,7 @@ def learning_curve(points, variants, sample_steps):
 def curve_chart(curve, path, sample_steps):
     """PSNR-Y against training minutes, a line per variant, a panel per set (bars: the seeds'
     range)."""
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     from helpers.figures import plt, save_figure
     fig, axes = plt.subplots(1, len(SETS), figsize=(5.2 * len(SETS), 3.8), squeeze=False)
@@ -558,6 +558,7 @@ def curve_chart(curve, path, sample_steps):
         ax.set_xscale("log")
         ax.set_xticks(sorted({p[0] for pts in curve.values() for p in pts}))
         ax.get_xaxis().set_major_formatter(ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(NullFormatter())  # no 2x10^1 between the budgets
         ax.set_xlabel("training budget (CPU-minutes, log scale)")
         ax.set_ylabel(f"PSNR-Y (dB), {sample_steps} sampling step(s)")
         ax.set_title(f"{s}, pairs 51-60", fontsize=10)
