@@ -57,7 +57,7 @@ PIXEL_BRIDGE_90_NAF = [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network", "naf"]
 REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "pixel_bridge_end90", "regression",
               "pixel_bridge_end90_fft", "pixel_bridge_end90_naf", "naf_regression",
               "pixel_bridge_end90_naf_psnr", "naf_regression_psnr")
-DEFAULT = "trunk_bridge_end90_naf_psnr"  # the variant that launch()'s defaults train (a test checks it)
+DEFAULT = "trunk_bridge_end90_naf_own_skip_psnr"  # the variant that launch()'s defaults train (a test checks it)
 VARIANTS = {
     # the references
     "pixel": {"flags": ["--representation", "pixels"],
@@ -233,7 +233,7 @@ VARIANTS = {
                                                        "--bridge-states", "own",
                                                        "--bridge-param", "skip"],
                                              "about": "trunk_bridge_end90_naf_own_skip with the "
-                                                      "PSNR loss (the default with steps that "
+                                                      "PSNR loss (launch()'s default: steps that "
                                                       "cost nothing)"},
     # the optimisation and the loss's weighting around trunk_bridge_end90_naf_psnr
     "trunk_bridge_end90_naf_psnr_noclip": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "psnr",

@@ -84,12 +84,14 @@ def launch():
                                  # the task the first sampling step solves); the rest uniform
                                  # (35 min, 2 seeds, README: 0.5 gave +1.9 / +2.0 dB over 0,
                                  # 0.9 another +0.5 / +0.2)
-        bridge_param="x0",       # bridge: what the network outputs: x0 (the estimate) | skip
-                                 # (x0 = x_t - s start + s F: the inversion that ignores the
-                                 # noise plus the network's correction, weighted by s)
-        bridge_states="clean",   # bridge: the training states below the rainy end: clean
-                                 # (built from the target) | own (from the network's own first
-                                 # estimate, as the sampler's second step sees them)
+        bridge_param="skip",     # bridge: what the network outputs: skip (x0 = x_t - s start
+                                 # + s F: the inversion that ignores the noise plus the
+                                 # network's correction, weighted by s) | x0 (the estimate)
+        bridge_states="own",     # bridge: the training states below the rainy end: own (from
+                                 # the network's own first estimate, as the sampler's second
+                                 # step sees them) | clean (built from the target). own + skip:
+                                 # level with clean + x0 at one step (35 min, 2 seeds: +0.04 /
+                                 # -0.05 dB), and more sampling steps stop costing (STUDY.md)
         freq_schedule=0.0,       # diffusion: noise low frequencies last (0: one schedule; s in
                                  # (0, 1): coefficient at radius r follows abar ** (1 - s (1 - r)))
         timesteps=1000,          # training noise levels

@@ -108,7 +108,8 @@ def fake_cuda(monkeypatch, *modules):
 
 # ===================================================================== fake CUDA
 @pytest.mark.parametrize("over", [
-    {},  # the default: bridge, NAF trunk, PSNR loss
+    {},  # the default: bridge (own states, skip), NAF trunk, PSNR loss
+    {"bridge_states": "clean", "bridge_param": "x0"},  # the default before it
     {"loss": "image"},
     {"process": "diffusion"},
     {"process": "regression"},
@@ -119,7 +120,7 @@ def fake_cuda(monkeypatch, *modules):
     {"network": "pixel_trunk_fft", "loss": "image_fft", "bridge_param": "skip"},
     {"network": "naf_fft"},
     {"bridge_states": "own", "bridge_end": 0.5},
-], ids=["default", "image_loss", "diffusion", "regression", "spectral_unet", "pixels", "magphase_ffc",
+], ids=["default", "clean_states_x0", "image_loss", "diffusion", "regression", "spectral_unet", "pixels", "magphase_ffc",
         "fft_branch_fft_loss_skip", "naf_fft", "own_states"])
 def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     cfg = _cfg(**over)
@@ -143,6 +144,7 @@ def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     ({}, {}),  # the default: bridge, one step
     ({}, {"sample_steps": 3, "eta": 0.5, "ensemble": 2}),
     ({}, {"sample_steps": 2, "coupled": True}),
+    ({"bridge_states": "clean", "bridge_param": "x0"}, {"sample_steps": 2}),
     ({"process": "diffusion"}, {"sample_steps": 2, "eta": 0.5}),
     ({"process": "diffusion"}, {"sampler": "ddpm", "sample_steps": 3, "coupled": True}),
     ({"process": "diffusion", "network": "unet", "prediction": "v"},
@@ -151,7 +153,7 @@ def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     ({"representation": "rfft2"}, {"sample_steps": 2}),
     ({"network": "pixel_trunk_fft", "bridge_param": "skip"}, {"sample_steps": 4}),
     ({"network": "naf_fft"}, {"sample_steps": 2}),
-], ids=["bridge", "bridge_eta_ensemble", "bridge_coupled", "ddim_eta", "ddpm_coupled",
+], ids=["bridge", "bridge_eta_ensemble", "bridge_coupled", "bridge_x0", "ddim_eta", "ddpm_coupled",
         "ddim_guided", "regression", "rfft2", "fft_branch_skip", "naf_fft"])
 def test_every_sampler_derains_on_the_device(monkeypatch, over, settings):
     cfg = _cfg(**over)

@@ -24,8 +24,8 @@ from helpers.figures import plt, save_figure  # noqa: E402  (figures selects the
 
 DEFAULT_KEYS = ("representation", "signed_log", "norm", "target", "prediction", "loss", "crop",
                 "sampler", "sample_steps", "eta", "timesteps", "schedule", "model", "freq_coords",
-                "clip_x0", "network", "process", "bridge_noise", "bridge_end", "fft_loss_weight",
-                "fft_loss_scales")
+                "clip_x0", "network", "process", "bridge_noise", "bridge_end", "bridge_param",
+                "bridge_states", "fft_loss_weight", "fft_loss_scales")
 ON, OFF = "\u25cf", "\u25cb"  # filled dot: the launch() default; open dot: the alternatives
 
 
@@ -109,16 +109,24 @@ def pipeline_labels(defaults=None):
         + ["condition = spectrum of rain", f"   (clipped to \u00b1{base.COND_CLIP:g})"])
     process, network = d["process"], d["network"]
     if process == "bridge":
-        lab["noisy"] = ["x_t = (1 \u2212 s) target + s start", f"+ {d['bridge_noise']:g}"
-                        "\u00b7\u221a(s(1\u2212s)) \u03b5,  s = (t+1)/T",
-                        "start = zero change (the rain)", _bridge_draws(d["bridge_end"])]
+        if d["bridge_states"] == "own":  # below the rainy end: the sampler's own states
+            lab["noisy"] = ["x_t = (1 \u2212 s) x\u0302\u2080 + s start,  s = (t+1)/T",
+                            "x\u0302\u2080: the network's own estimate",
+                            "from the rain (no gradient)",
+                            "start = zero change (the rain)", _bridge_draws(d["bridge_end"])]
+        else:
+            lab["noisy"] = ["x_t = (1 \u2212 s) target + s start", f"+ {d['bridge_noise']:g}"
+                            "\u00b7\u221a(s(1\u2212s)) \u03b5,  s = (t+1)/T",
+                            "start = zero change (the rain)", _bridge_draws(d["bridge_end"])]
     elif process == "regression":
         lab["noisy"] = ["no process: the network", "sees the rainy input (t = 0)"]
     else:
         lab["noisy"] = ["x_t = q_sample(target, t, \u03b5)",
                         f"{d['schedule']} schedule, T = {d['timesteps']}"]
     coords = "\u2295 (fy, fx, r) freq. coords" if d["freq_coords"] else ""
-    predicts = ("predicts x0" if process != "diffusion" else
+    predicts = ("predicts F: x0 = x_t \u2212 s start + s F" if process == "bridge"
+                and d["bridge_param"] == "skip" else
+                "predicts x0" if process != "diffusion" else
                 "predicts " + "  ".join(f"{ON if p == d['prediction'] else OFF} {p}"
                                         for p in diffusion.PREDICTIONS))
     space, trunk, branch = modules.NETWORKS[network]
