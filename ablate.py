@@ -553,7 +553,8 @@ def curve_chart(curve, path, sample_steps):
             x = [p[0] for p in pts]
             y = [p[1] for p in pts]
             err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=v,
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3,
+                        label=f"{v} (default)" if v == DEFAULT else v,
                         ls="--" if v in REFERENCES else "-")
         ax.set_xscale("log")
         ax.set_xticks(sorted({p[0] for pts in curve.values() for p in pts}))
@@ -704,11 +705,12 @@ def main(argv=None):
         if not curve:
             print("no rows of these variants in these studies", file=sys.stderr)
             return 1
-        print(f"{'variant':32s} {'set':9s} {'minutes':>7s} {'seeds':>5s} {'PSNR-Y':>7s} "
+        w = max(32, *(len(v) for v, _ in curve))  # the longest name keeps the columns aligned
+        print(f"{'variant':{w}s} {'set':9s} {'minutes':>7s} {'seeds':>5s} {'PSNR-Y':>7s} "
               f"{'range':>13s} {'SSIM-Y':>7s} {'HF-err':>7s}")
         for (v, s), pts in curve.items():
             for m, mean, lo, hi, ssim, hf, n in pts:
-                print(f"{v:32s} {s:9s} {m:7g} {n:5d} {mean:7.2f} {lo:6.2f}-{hi:6.2f} "
+                print(f"{v:{w}s} {s:9s} {m:7g} {n:5d} {mean:7.2f} {lo:6.2f}-{hi:6.2f} "
                       f"{ssim:7.4f} {hf:7.2f}")
         curve_chart(curve, Path(args.study) / "learning_curve.png", steps)
         print(f"chart: {Path(args.study) / 'learning_curve.png'}")
