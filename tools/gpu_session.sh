@@ -41,11 +41,11 @@ export MINUTES=${MINUTES:-35}
 export SEEDS=${SEEDS:-0}
 export LANES=${LANES:-8}
 # the default (own states + skip, PSNR loss), the default before it (clean states, x0), their
-# pixel and regression references with that loss; issue 19's
+# pixel and regression references with that loss (and the Fourier regression); issue 19's
 # 2x2 table with the NAF trunk ({Fourier, pixels} x {spatial, + Res-FFT}), regression, the
 # frequency loss in either state, the skip parametrisation, and the U-Net-trunk pair of the
 # earlier tables (all with the image MSE)
-export VARIANTS=${VARIANTS:-trunk_bridge_end90_naf_own_skip_psnr,trunk_bridge_end90_naf_psnr,pixel_bridge_end90_naf_psnr,naf_regression_psnr,trunk_bridge_end90_naf,pixel_bridge_end90_naf,trunk_bridge_end90_naf_fft,pixel_bridge_end90_naf_fft,naf_regression,trunk_bridge_end90_naf_fftloss,pixel_bridge_end90_naf_fftloss,trunk_bridge_end90_naf_skip,trunk_bridge_end90,pixel_bridge_end90}
+export VARIANTS=${VARIANTS:-trunk_bridge_end90_naf_own_skip_psnr,trunk_bridge_end90_naf_psnr,pixel_bridge_end90_naf_psnr,naf_regression_psnr,trunk_regression_naf_psnr,trunk_bridge_end90_naf,pixel_bridge_end90_naf,trunk_bridge_end90_naf_fft,pixel_bridge_end90_naf_fft,naf_regression,trunk_bridge_end90_naf_fftloss,pixel_bridge_end90_naf_fftloss,trunk_bridge_end90_naf_skip,trunk_bridge_end90,pixel_bridge_end90}
 export DATA=$KIT/data
 export WORK=runs/gpu_session
 export PHASES=${PHASES-env smoke suite bench study derain}
