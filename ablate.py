@@ -270,6 +270,7 @@ LEVERS = ["--representation", "realimag", "--signed-log", "true", "--norm", "per
           "--network", "unet", "--process", "diffusion", "--prediction", "v", "--loss", "model",
           "--crop", "64", "--batch-size", "16", "--freq-schedule", "0", "--coupled", "false",
           "--sample-steps", "2", "--bridge-end", "0", "--bridge-param", "x0",
+          "--bridge-states", "clean", "--bridge-noise", "0.1", "--clip-x0", "5", "--block", "8",
           "--grad-clip", "1.0", "--psnr-floor", "1e-6"]
 BASE = ["--preset", "rain100", "--minutes", "0", "--eval-every", "0", "--eval-points", "0",
         "--final-eval", "false", "--log-every", "10", *LEVERS]

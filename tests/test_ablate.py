@@ -172,6 +172,15 @@ def test_launch_defaults_train_the_study_s_default_variant(capsys):
                                        if "launch()'s default" in ln)
 
 
+def test_every_lever_a_variant_turns_is_pinned():
+    """A lever a variant sets but the study does not pin would take launch()'s default in every
+    other variant, so changing that default would change what those variants train (as
+    --bridge-states would have, when the default became own)."""
+    pinned = set(ablate.LEVERS[::2])
+    turned = {f for spec in ablate.VARIANTS.values() for f in spec.get("flags", [])[::2]}
+    assert turned - pinned == set()
+
+
 def test_every_variant_is_a_valid_configuration():
     """Each variant's flags parse on top of the pinned levers (a typo in a flag or a value fails
     here, not after a calibration), and its sampling overrides are sampler settings."""

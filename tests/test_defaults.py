@@ -41,7 +41,7 @@ VARIANTS = {
     "default": {},
     "diffusion": {"process": "diffusion", "network": "unet", "prediction": "v",
                   "freq_schedule": 0.5, "sampler": "ddim", "sample_steps": 2, "eta": 0.5},
-    "mix": {"loss": "mix"},
+    "mix": {"loss": "mix", "bridge_param": "x0"},  # mix compares the output with x0
     "blockdct": {"representation": "blockdct", "block": 8, "network": "unet"},
     "preset": {"preset": "rain100l", "csv": "", "val_csv": "", "final_eval": False},
 }

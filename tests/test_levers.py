@@ -27,7 +27,7 @@ LEVERS = {
     "partial_std": ["--norm", "partial_std", "--norm-gamma", "0.25"],
     "linear": ["--signed-log", "false"],
     "blockdct": ["--representation", "blockdct", "--block", "4"],
-    "mix_loss": ["--loss", "mix", "--loss-mix", "0.3"],
+    "mix_loss": ["--loss", "mix", "--loss-mix", "0.3", "--bridge-param", "x0"],  # mix needs x0
     "coupled": ["--coupled", "true", "--sample-steps", "3"],
     "freq_schedule": ["--process", "diffusion", "--network", "unet", "--freq-schedule", "0.5"],
     "pixel_trunk_fft": ["--network", "pixel_trunk_fft"],
@@ -35,8 +35,10 @@ LEVERS = {
     "naf_fft": ["--network", "naf_fft", "--representation", "pixels"],
     "fft_loss": ["--loss", "image_fft", "--fft-loss-weight", "0.2", "--fft-loss-scales", "2"],
     "psnr_loss": ["--loss", "psnr"],
-    "bridge_skip": ["--bridge-param", "skip", "--sample-steps", "3"],
-    "bridge_own_states": ["--bridge-states", "own", "--bridge-end", "0.5", "--sample-steps", "3"],
+    # the default bridge is own states + skip ("bridge" checks it); these are the alternatives
+    "bridge_x0": ["--bridge-param", "x0", "--sample-steps", "3"],
+    "bridge_clean_states": ["--bridge-states", "clean", "--bridge-end", "0.5", "--sample-steps",
+                            "3"],
     "window32": ["--crop", "32"],
 }
 
@@ -50,7 +52,8 @@ def _span(rep):
 HONOURED = {
     "pixel_trunk": lambda tr, d: type(d.model).__name__ == "PixelTrunk",
     "ffc": lambda tr, d: any(type(m).__name__ == "FourierUnit" for m in d.model.modules()),
-    "bridge": lambda tr, d: d.diffusion.name == "bridge" and d.settings["sample_steps"] == 3,
+    "bridge": lambda tr, d: d.diffusion.name == "bridge" and d.settings["sample_steps"] == 3
+    and d.diffusion.parametrisation == "skip" and tr.parts.loss.process.states == "own",
     "bridge_end": lambda tr, d: d.diffusion.name == "bridge" and d.diffusion.end == 0.25,
     "regression": lambda tr, d: d.diffusion.name == "regression" and d.rep.name == "pixels",
     "pixel_bridge": lambda tr, d: d.diffusion.end == 0.5 and d.rep.name == "pixels",
@@ -75,9 +78,9 @@ HONOURED = {
     "fft_loss": lambda tr, d: type(tr.parts.loss).__name__ == "ImageFFTLoss" and
     (tr.parts.loss.weight, tr.parts.loss.scales) == (0.2, 2),
     "psnr_loss": lambda tr, d: type(tr.parts.loss).__name__ == "PSNRLoss",
-    "bridge_skip": lambda tr, d: d.diffusion.parametrisation == "skip",
-    "bridge_own_states": lambda tr, d: d.diffusion.states == "own" and
-    tr.parts.loss.process.states == "own",
+    "bridge_x0": lambda tr, d: d.diffusion.parametrisation == "x0",
+    "bridge_clean_states": lambda tr, d: d.diffusion.states == "clean" and
+    tr.parts.loss.process.states == "clean",
     "window32": lambda tr, d: d.rep.crop == 32 and d.rep.shape(32, 32)[1:] == (32, 32),
 }
 
