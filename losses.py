@@ -208,6 +208,7 @@ def make_loss(cfg, process, representation):
           "psnr": {"floor": cfg["psnr_floor"]}}.get(name, {})
     if name in ("model", "mix") and getattr(process, "parametrisation", "x0") != "x0":
         raise ConfigError(f"--loss {name} compares the network's output with x0, which the "
-                          f"bridge's {process.parametrisation} parametrisation does not output; "
-                          "use an image loss")
+                          f"bridge's {process.parametrisation} parametrisation "
+                          "does not output; use an image loss (psnr, image, image_fft) or add "
+                          "--bridge-param x0")
     return LOSSES[name](process, representation, cfg["p_uncond"], cfg["seed"], **kw)

@@ -120,8 +120,8 @@ def fake_cuda(monkeypatch, *modules):
     {"network": "pixel_trunk_fft", "loss": "image_fft", "bridge_param": "skip"},
     {"network": "naf_fft"},
     {"bridge_states": "own", "bridge_end": 0.5},
-], ids=["default", "clean_states_x0", "image_loss", "diffusion", "regression", "spectral_unet", "pixels", "magphase_ffc",
-        "fft_branch_fft_loss_skip", "naf_fft", "own_states"])
+], ids=["default", "clean_states_x0", "image_loss", "diffusion", "regression", "spectral_unet",
+        "pixels", "magphase_ffc", "fft_branch_fft_loss_skip", "naf_fft", "own_states"])
 def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     cfg = _cfg(**over)
     rep = _representation(cfg)
@@ -153,8 +153,8 @@ def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     ({"representation": "rfft2"}, {"sample_steps": 2}),
     ({"network": "pixel_trunk_fft", "bridge_param": "skip"}, {"sample_steps": 4}),
     ({"network": "naf_fft"}, {"sample_steps": 2}),
-], ids=["bridge", "bridge_eta_ensemble", "bridge_coupled", "bridge_x0", "ddim_eta", "ddpm_coupled",
-        "ddim_guided", "regression", "rfft2", "fft_branch_skip", "naf_fft"])
+], ids=["bridge", "bridge_eta_ensemble", "bridge_coupled", "bridge_x0", "ddim_eta",
+        "ddpm_coupled", "ddim_guided", "regression", "rfft2", "fft_branch_skip", "naf_fft"])
 def test_every_sampler_derains_on_the_device(monkeypatch, over, settings):
     cfg = _cfg(**over)
     rep = _representation(cfg)

@@ -248,3 +248,17 @@ def test_the_psnr_floor_moves_the_weighting_towards_the_image_loss():
     assert r[0] > 5 and r[0] > r[1] > r[2] and r[2] == pytest.approx(1.0, abs=0.05)
     with pytest.raises(ConfigError, match="--psnr-floor must be > 0"):
         PSNRLoss(d, rep, 0.0, 0, floor=0.0)
+
+
+def test_a_loss_on_x0_with_the_skip_bridge_says_what_to_use_instead():
+    # the default bridge outputs a correction, not x0; --loss model / mix would compare it with x0
+    import ddpm_conditional as D
+    from diffusion import make_process
+    from losses import make_loss
+    for name in ("model", "mix"):
+        cfg, _ = D.resolve_config(["--loss", name])
+        with pytest.raises(ConfigError, match="use an image loss .* or add --bridge-param x0"):
+            make_loss(cfg, make_process(cfg, None), None)
+        cfg, _ = D.resolve_config(["--loss", name, "--bridge-param", "x0"])
+        assert type(make_loss(cfg, make_process(cfg, None), None)).__name__ in ("ModelLoss",
+                                                                                  "MixLoss")
