@@ -185,8 +185,8 @@ class Bridge(_PredictsX0):
                x0, so those draws teach the step to correct the first estimate (training on the
                sampler's own states) instead of denoising a state built from the answer, a task
                the sampler never poses (tools/loss_by_t.py). The draws at T-1 are unchanged.
-               Costs one forward pass without gradient: on the CPU of the draws below the end
-               only, on an accelerator of the whole batch (selecting would read the device).
+               Costs one forward pass without gradient on the draws below the end only (on an
+               accelerator those the host chose not to send to the end: draw_rows).
     """
 
     name = "bridge"
@@ -234,11 +234,29 @@ class Bridge(_PredictsX0):
         return self.end + (1 - self.end) * uniform_share_at_or_above(self.timesteps, t)
 
     def draw(self, x0, generator=None):
+        return self.draw_rows(x0, generator)[:2]
+
+    def draw_rows(self, x0, generator=None, host=None):
+        """(t, noise, rows): draw() and the batch positions of the draws not sent to the rainy
+        end, for own_states. On the CPU rows is None (own_states reads t there, for free) and
+        the draws are draw()'s. Elsewhere, with `end` > 0, the end's uniform draws are made on
+        the host (helpers.seeding's host_uniforms), so the host knows which draws they are and
+        how many, and the network's extra pass runs on those rows only without reading the
+        device; the one upload (B integers) does not wait for the device. `host` forces the
+        host's draws (True) or the CPU's (False); by default the host's off the CPU."""
         t, noise = draw_t_and_noise(x0, self.timesteps, generator)
-        if self.end > 0:  # drawn after (t, noise), so end = 0 draws exactly what it always did
-            u = batch_generator(generator, x0.shape[0], x0.device).rand()
-            t = torch.where(u < self.end, torch.full_like(t, self.timesteps - 1), t)
-        return t, noise
+        if self.end <= 0:
+            return t, noise, None
+        gens = batch_generator(generator, x0.shape[0], x0.device)
+        if not (x0.device.type != "cpu" if host is None else host):
+            # drawn after (t, noise), so end = 0 draws exactly what it always did
+            t = torch.where(gens.rand() < self.end, torch.full_like(t, self.timesteps - 1), t)
+            return t, noise, None
+        at_end = [u < self.end for u in gens.host_uniforms()]
+        kept = [i for i, e in enumerate(at_end) if not e]
+        order = torch.tensor(kept + [i for i, e in enumerate(at_end) if e])
+        order = order.to(x0.device, non_blocking=True)
+        return t.index_fill(0, order[len(kept):], self.timesteps - 1), noise, order[:len(kept)]
 
     def _sigma(self, s):
         return self.noise * (s * (1 - s)).clamp(min=0).sqrt()
@@ -248,29 +266,36 @@ class Bridge(_PredictsX0):
         return (1 - s) * x0 + s * start + self._sigma(s) * noise
 
     @torch.no_grad()
-    def own_states(self, net, x_t, start, t, cond, select=None):
+    def own_states(self, net, x_t, start, t, cond, rows=None, select=None):
         """--bridge-states own: x_t with every draw below the rainy end replaced by
         (1 - s) x0^ + s start, x0^ the network's estimate from the rainy input (no gradient).
-        select: run the network on those draws only (default: on the CPU, where reading t is
-        free) rather than on the whole batch."""
-        below = t < self.timesteps - 1
-        end = torch.full_like(t, self.timesteps - 1)
+        The network runs on the draws that `select` names:
+            "t"     those with t < T-1, picked by reading t (the default on the CPU, where
+                    reading is free);
+            "rows"  the batch positions `rows` (draw_rows': those not sent to the rainy end,
+                    whose count the host knows; the default elsewhere when rows are given). A
+                    uniform draw that lands at T-1 is among them and is rebuilt as itself
+                    (s = 1: the state is the start);
+            "all"   the whole batch, then masked (the default elsewhere without rows)."""
         if select is None:
-            select = x_t.device.type == "cpu"
-        # the draws to rebuild: on the CPU those below the end, elsewhere the whole batch (then
-        # masked), so that choosing them does not read the device
-        idx = below.nonzero().flatten() if select else slice(None)
-        if select and idx.numel() == 0:
-            return x_t
-        x0_hat = self.x0_estimate(net(start[idx], end[idx], cond[idx]).to(x_t.dtype),
-                                  start[idx], end[idx], start[idx])
+            select = "t" if x_t.device.type == "cpu" else "rows" if rows is not None else "all"
+        if select not in ("t", "rows", "all"):
+            raise ValueError(f"select is t, rows or all, got {select!r}")
+        below = t < self.timesteps - 1
+        if select == "all":
+            idx = slice(None)
+        else:
+            idx = below.nonzero().flatten() if select == "t" else rows
+            if idx.numel() == 0:  # the count is the host's (t on the CPU, or rows' shape)
+                return x_t
+        end = torch.full_like(t[idx], self.timesteps - 1)
+        x0_hat = self.x0_estimate(net(start[idx], end, cond[idx]).to(x_t.dtype),
+                                  start[idx], end, start[idx])
         s = self.start_weight(t[idx], x_t)
         own = (1 - s) * x0_hat + s * start[idx]
-        if select:
-            x_t = x_t.clone()
-            x_t[idx] = own
-            return x_t
-        return torch.where(below.view(-1, *([1] * (x_t.dim() - 1))), own, x_t)
+        if select == "all":
+            return torch.where(below.view(-1, *([1] * (x_t.dim() - 1))), own, x_t)
+        return x_t.index_copy(0, idx, own.to(x_t.dtype))
 
     @torch.no_grad()
     def sample(self, model, cond, start, sampler, steps, eta, guidance, generator=None, clip=None,

@@ -80,15 +80,17 @@ class DiffusionLoss:
     def __call__(self, net, batch, generator=None):
         x0, cond = batch["target"], batch["cond"]
         gens = self.generators(batch, generator)
-        t, noise = self.process.draw(x0, gens)
+        own = getattr(self.process, "states", "clean") == "own"  # the sampler's own states
+        t, noise, rows = self.process.draw_rows(x0, gens) if own else \
+            (*self.process.draw(x0, gens), None)
         cond = drop_condition(cond, self.p_uncond, gens)
         start = None
         if self.process.needs_start:  # the rainy end: the encoding of the pair (rain, rain)
             with torch.autocast(x0.device.type, enabled=False):
                 start = self.rep.encode(batch["rain"].float(), batch["rain"].float())[0]
         x_t = self.process.train_input(x0, start, t, noise)
-        if getattr(self.process, "states", "clean") == "own":  # the sampler's own states
-            x_t = self.process.own_states(net, x_t, start, t, cond)
+        if own:
+            x_t = self.process.own_states(net, x_t, start, t, cond, rows)
         pred = net(x_t, t, cond)
         return self.per_element(pred, batch, x_t, t, noise, start)
 

@@ -6,8 +6,10 @@ for drawing random numbers a sample at a time.
     t, eps = noise.randint(1000), noise.randn((6, 64, 64))       # (B,), (B, 6, 64, 64)
     noise = batch_generator(generator, batch, device)   # a torch.Generator (or None) for a whole
                                                         # batch, with the same three methods
+    noise.host_uniforms()     # one host float per sample: a choice the host knows unread
 """
 import hashlib
+import random
 
 import torch
 
@@ -34,7 +36,7 @@ class SampleGenerators:
 
     def __init__(self, seeds, device):
         self.seeds, self.device = [int(s) for s in seeds], torch.device(device)
-        self._generators = None
+        self._generators = self._host = None
 
     def __len__(self):
         return len(self.seeds)
@@ -57,6 +59,15 @@ class SampleGenerators:
         return torch.cat([torch.randint(0, int(high), (1,), generator=g, device=self.device)
                           for g in self.generators])
 
+    def host_uniforms(self):
+        """One uniform in [0, 1) per sample as host floats, for a choice the host must know
+        without reading the device (which draws the bridge sends to the rainy end on an
+        accelerator): from a Python random.Random per sample, seeded with its seed and made at
+        the first call, so it is plain host arithmetic (no tensor, no device)."""
+        if self._host is None:
+            self._host = [random.Random(s) for s in self.seeds]
+        return [r.random() for r in self._host]
+
 
 class BatchGenerator:
     """The same three methods from one generator (or torch's global one, for None) drawing
@@ -78,6 +89,11 @@ class BatchGenerator:
     def randint(self, high):
         return torch.randint(0, int(high), (self.batch,), generator=self.generator,
                              device=self.device)
+
+    def host_uniforms(self):
+        """One uniform per sample as host floats, from Python's global generator (seeded by
+        the run: ddpm_conditional.setup)."""
+        return [random.random() for _ in range(self.batch)]
 
 
 def batch_generator(generator, batch, device):

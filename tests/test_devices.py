@@ -11,6 +11,7 @@
 """
 import contextlib
 import json
+import random
 import subprocess
 import sys
 
@@ -126,18 +127,33 @@ def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     cfg = _cfg(**over)
     rep = _representation(cfg)
     net, batch = build_network(cfg, rep), _batch(rep)
+    sizes = []
+    net.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
     with fake_cuda(monkeypatch, rep, net) as made:
         loss_fn = make_loss(cfg, make_process(cfg, rep), rep)
         on_device = {k: v if k == "position" else v.to("cuda") for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss_fn(net, on_device)  # the first call copies the process's tables, once
+            sizes.clear()
             with Transfers() as seen:
                 loss = loss_fn(net, on_device).mean()
     assert loss.device.type == "cuda"
-    assert seen.to_device == [] and seen.to_host == [] and seen.reads == 0
+    assert seen.to_host == [] and seen.reads == 0
+    ends = cfg["process"] == "bridge" and cfg["bridge_end"] > 0
+    # the bridge's one upload: which draws the host sent to the rainy end (B integers)
+    assert seen.to_device == ([(4,)] if ends else [])
     assert set(made) <= {"cuda"}  # per-sample generators, made on the device
     if cfg["process"] != "regression":
         assert len(made) == 2 * 4
+    assert sizes[-1] == 4  # the training forward: the whole batch
+    if cfg["process"] == "bridge" and cfg["bridge_states"] == "own":
+        # the own states' forward ran on the draws not sent to the end only, which the host
+        # knows from its own draws: each sample's first uniform from its seed
+        kept = sum(random.Random(seeding.hash_seed("noise", cfg["seed"], p)).random()
+                   >= cfg["bridge_end"] for p in range(4))
+        assert sizes[:-1] == ([kept] if kept else [])
+    else:
+        assert sizes == [4]
 
 
 @pytest.mark.parametrize("over,settings", [

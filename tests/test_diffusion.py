@@ -254,8 +254,16 @@ def test_bridge_own_states_are_what_the_samplers_second_step_sees():
     for i in (1, 2):
         s = (t[i] + 1) / 100
         torch.testing.assert_close(own[i], (1 - s) * first[i] + s * start[i])
-    # the whole-batch path (an accelerator's) gives the same states
-    torch.testing.assert_close(b.own_states(net, x_t, start, t, cond, select=False), own)
+    # the whole-batch path and the host's rows (an accelerator's) give the same states; rows
+    # may hold a draw at the end (a uniform draw there), which is rebuilt as itself
+    calls.clear()
+    torch.testing.assert_close(b.own_states(net, x_t, start, t, cond, select="all"), own)
+    rows = torch.tensor([1, 2, 3])
+    torch.testing.assert_close(b.own_states(net, x_t, start, t, cond, rows, select="rows"), own)
+    assert [c[0].shape[0] for c in calls] == [4, 3]
+    assert b.own_states(net, x_t, start, t, cond, rows[:0], select="rows") is x_t
+    with pytest.raises(ValueError, match="select"):
+        b.own_states(net, x_t, start, t, cond, select=False)
     # and they are exactly the deterministic sampler's second state
     calls.clear()
     b.sample(net, cond, start, "ddim", 2, 0.0, 1.0)
@@ -303,7 +311,7 @@ def test_the_own_states_loss_trains_on_them():
 
 
 def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
-    from diffusion import Bridge, make_process
+    from diffusion import Bridge, draw_t_and_noise, make_process
     x0 = torch.zeros(4000, 1, 2, 2)
     base_t, base_noise = Bridge(1000, 0.1, 0.0, "x0").draw(x0, torch.Generator().manual_seed(3))
     t, noise = Bridge(1000, 0.1, 0.25, "x0").draw(x0, torch.Generator().manual_seed(3))
@@ -332,6 +340,23 @@ def test_bridge_end_puts_that_fraction_of_the_draws_at_the_rainy_end():
     u_4 = torch.rand(1, generator=g)
     assert torch.equal(n6[4], noise_4)
     assert t6[4] == (999 if u_4 < 0.5 else t_4)
+    # on an accelerator the end's draws come from the host, so the host knows the rows the own
+    # states rebuild: the draws not sent to the end, each sample's from random.Random(its seed)
+    import random
+    gens = SampleGenerators(range(4000), "cpu")
+    th, nh, rows = Bridge(1000, 0.1, 0.25, "x0").draw_rows(x0, gens, host=True)
+    tb, nb = draw_t_and_noise(x0, 1000, SampleGenerators(range(4000), "cpu"))
+    assert torch.equal(nh, nb)  # the same noise and uniform t; only the end's draws moved
+    kept = [i for i in range(4000) if random.Random(i).random() >= 0.25]
+    assert rows.tolist() == kept and torch.equal(th[rows], tb[rows])
+    ends = torch.ones(4000, dtype=torch.bool)
+    ends[rows] = False
+    assert (th[ends] == 999).all()
+    assert abs(ends.double().mean().item() - 0.25) < 4 * (0.25 * 0.75 / 4000) ** 0.5
+    # on the CPU rows is None (own_states reads t) and the draws are draw()'s
+    t_cpu, n_cpu, none = Bridge(1000, 0.1, 0.5, "x0").draw_rows(x0[:6],
+                                                                SampleGenerators(range(6), "cpu"))
+    assert none is None and torch.equal(t_cpu, t6) and torch.equal(n_cpu, n6)
     cfg = {"process": "bridge", "timesteps": 1000, "bridge_noise": 0.1, "bridge_end": 0.3,
            "bridge_param": "x0", "bridge_states": "clean"}
     assert make_process(cfg, None).end == 0.3
