@@ -74,6 +74,9 @@ def parse_args(argv=None):
                    help="training loss (default: launch()'s)")
     p.add_argument("--network", choices=sorted(NETWORKS), default=None,
                    help="the network (default: launch()'s); --models names its size")
+    p.add_argument("--bridge-states", choices=["clean", "own"], default=None,
+                   help="the bridge's training states (default: launch()'s); own adds a "
+                        "forward pass without gradient on the draws below the rainy end")
     p.add_argument("--csv", default=None, help="pairs CSV: also time utils.FFTDataset")
     p.add_argument("--stats", default=None, help="FFT statistics JSON for utils.FFTDataset")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for --csv")
@@ -84,6 +87,7 @@ def parse_args(argv=None):
     args.representation = args.representation or defaults["representation"]
     args.loss = args.loss or defaults["loss"]
     args.network = args.network or defaults["network"]
+    args.bridge_states = args.bridge_states or defaults["bridge_states"]
     from helpers.devices import DeviceError, resolve_device
     try:  # the one resolver (the worker's Distributed resolves the same name again)
         args.device = resolve_device(args.device or "auto").type
@@ -113,7 +117,7 @@ def bench_config(args, name):
     """launch()'s defaults with the benchmark's options: the configuration whose step is timed."""
     return {**launch(), "model": name, "batch_size": args.batch, "crop": args.size,
             "representation": args.representation, "loss": args.loss, "network": args.network,
-            "device": args.device,
+            "bridge_states": args.bridge_states, "device": args.device,
             "amp": args.amp, "compile": bool(args.compile), "threads": args.threads or 0}
 
 
@@ -181,6 +185,7 @@ def run_model(args, name):
                                           else f"{args.amp}-autocast"),
                batch=args.batch, size=args.size, representation=rep.name, loss=cfg["loss"],
                network=cfg["network"], process=cfg["process"],
+               bridge_states=cfg["bridge_states"],
                channels=f"{parts.model.config['in_channels'] + parts.model.config['cond_channels']}"
                         f"->{parts.model.config['out_channels']}",
                steps=args.steps, warmup=args.warmup, s_per_step=round(med, 4),
@@ -203,7 +208,7 @@ def run_in_subprocess(args, name):
            "--device", args.device, "--batch", str(args.batch), "--size", str(args.size),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--amp", args.amp,
            "--representation", args.representation, "--loss", args.loss, "--network", args.network,
-           "--models", name]
+           "--bridge-states", args.bridge_states, "--models", name]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.compile:

@@ -311,6 +311,17 @@ def test_bench_times_the_training_step(monkeypatch):
     first, res = res, bench.run_model(bench.parse_args(argv), "small")
     # --network times another network at the same size name: another model was built
     assert res["network"] == other and res["params_M"] != first["params_M"]
+    # --bridge-states: the step times the own states' extra pass (launch()'s) or not (clean)
+    from diffusion import Bridge
+    passes = []
+    real_own = Bridge.own_states
+    monkeypatch.setattr(Bridge, "own_states", lambda self, *a, **k: passes.append(1) or
+                        real_own(self, *a, **k))
+    for states in ("own", "clean"):
+        passes.clear()
+        res = bench.run_model(bench.parse_args(argv[:-2] + ["--bridge-states", states]), "small")
+        assert res["bridge_states"] == states and len(passes) == (1 if states == "own" else 0)
+    assert bench.parse_args(argv).bridge_states == D.launch()["bridge_states"]
 
 
 def test_a_step_budget_shorter_than_its_warm_up_still_ends_decayed():

@@ -14,7 +14,8 @@
 #   env      nvidia-smi, torch and its CUDA
 #   smoke    30 training steps on CUDA (rain100 preset), resume to 40, derain and score 2 pairs
 #   suite    python -m pytest -q -x with CUDA visible (DERAIN_DATA: the kit)
-#   bench    bench.py for small, default and large at batch 64 and 256 (bf16), large compiled
+#   bench    bench.py for small, default and large at batch 64 and 256 (bf16), large compiled,
+#            small and default at 64 with clean states (what the default's own states cost)
 #   study    ablate.py at the 2026-12-01 machine's step counts (--calibration) for $MINUTES
 #            CPU-minutes, $LANES jobs at once on the GPU: $VARIANTS, seeds $SEEDS, 1 and 4 steps
 #   derain   bench_sampling.py on 5 Rain100L pairs with the study's first variant's checkpoint
@@ -116,7 +117,9 @@ want suite && phase suite "${LIMIT_SUITE:-240}" env DERAIN_DATA="$DATA" "$PY" -m
 want bench && phase bench "${LIMIT_BENCH:-150}" bash -c "
     $PY bench.py --device $DEVICE --models small,default,large --batch 64 --size 64 --amp bf16 &&
     $PY bench.py --device $DEVICE --models small,default,large --batch 256 --size 64 --amp bf16 &&
-    $PY bench.py --device $DEVICE --models large --batch 256 --size 64 --amp bf16 --compile"
+    $PY bench.py --device $DEVICE --models large --batch 256 --size 64 --amp bf16 --compile &&
+    $PY bench.py --device $DEVICE --models small,default --batch 64 --size 64 --amp bf16 \
+        --bridge-states clean"
 
 if want study; then
     phase study "${LIMIT_STUDY:-240}" "$PY" ablate.py --study "$WORK/study" \
