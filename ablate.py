@@ -617,7 +617,7 @@ def run_lanes(args, study, variants, seeds, log):
     common = ["--study", str(study), "--minutes", str(args.minutes), "--steps", str(args.steps),
               "--eval-steps", args.eval_steps, "--eval-pairs", str(args.eval_pairs),
               "--threads", str(args.threads), "--device", str(args.device),
-              "--data-root", args.data_root]
+              "--data-root", args.data_root, "--ckpt-every", str(args.ckpt_every)]
     if args.calibration:
         common += ["--calibration", args.calibration]
     (study / "lanes").mkdir(exist_ok=True)
@@ -660,6 +660,10 @@ def main(argv=None):
                     help="evaluate on the first N pairs of each set only (0: all); such rows "
                          "are kept apart from the full ones (column pairs)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every run")
+    ap.add_argument("--ckpt-every", type=int, default=0,
+                    help="checkpoint every N steps (default 0: four a run). A run stopped "
+                         "between checkpoints loses its steps since the last; resuming is exact, "
+                         "so a long run (120 minutes) can span sessions with little lost")
     ap.add_argument("--device", default="auto",
                     help="where every run trains and is evaluated: auto (CUDA when present) | "
                          "cpu | cuda[:N]")
@@ -787,7 +791,8 @@ def main(argv=None):
             if not (run_dir / f"ckpt_{steps:08d}.pt").exists():  # not trained to the end yet
                 log(f"training {trained} seed {seed}: {steps} steps")
                 run_training(args, study, trained, seed,
-                             ["--max-steps", str(steps), "--ckpt-every", str(max(1, steps // 4))],
+                             ["--max-steps", str(steps),
+                              "--ckpt-every", str(args.ckpt_every or max(1, steps // 4))],
                              log)
             recs = read_log(run_dir)
             minutes = max((r.get("elapsed_s", 0) for r in recs), default=0) / 60

@@ -280,3 +280,21 @@ def test_lanes_run_the_jobs_side_by_side_into_one_study(shared_data, tmp_path, c
     out = capsys.readouterr().out
     assert "regression seed 0 FAILED" in out and "regression_seed0.log" in out
     assert "ckpt_00000002.pt" in (study / "regression" / "seed0.log").read_text()
+
+
+@pytest.mark.parametrize("flag,expected", [([], "5"), (["--ckpt-every", "7"], "7")])
+def test_ckpt_every_reaches_the_run(monkeypatch, tmp_path, flag, expected):
+    # four checkpoints a run by default; --ckpt-every for a long run that spans sessions
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def training(args, study, variant, seed, extra, log):
+        seen.append(extra)
+        raise Stop
+    monkeypatch.setattr(ablate, "run_training", training)
+    with pytest.raises(Stop):
+        ablate.main(["--study", str(tmp_path / "s"), "--variants", "regression", "--steps",
+                     "20", "--eval-steps", "1", "--threads", "1", *flag])
+    assert seen == [["--max-steps", "20", "--ckpt-every", expected]]
