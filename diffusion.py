@@ -242,7 +242,9 @@ class Bridge(_PredictsX0):
         the draws are draw()'s. Elsewhere, with `end` > 0, the end's uniform draws are made on
         the host (helpers.seeding's host_uniforms), so the host knows which draws they are and
         how many, and the network's extra pass runs on those rows only without reading the
-        device; the one upload (B integers) does not wait for the device. `host` forces the
+        device; the one upload (B integers) does not wait for the device. The pass's batch
+        varies from step to step (with --compile: a recompile or two until torch marks that
+        dimension dynamic). `host` forces the
         host's draws (True) or the CPU's (False); by default the host's off the CPU."""
         t, noise = draw_t_and_noise(x0, self.timesteps, generator)
         if self.end <= 0:
