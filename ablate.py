@@ -23,6 +23,7 @@ a row without its per-image scores, from before scores.csv, is evaluated again).
 
     python ablate.py --study runs/final --compare trunk_bridge,pixel   # paired, image by image
     python ablate.py --study runs/final --compare runs/eqsteps:trunk_bridge,pixel  # across studies
+    python ablate.py --study runs/final --compare runs/s0+runs/s1:trunk_bridge,pixel  # seeds pooled
 
 --compare reads scores.csv: for each set and sampler step count both variants were evaluated
 at, the mean difference of PSNR-Y and SSIM-Y over the same images (each image's score averaged
@@ -518,11 +519,16 @@ def print_comparison(rows, a, b):
 
 def learning_curve(points, variants, sample_steps):
     """[(minutes, study dir)] -> {(variant, set): [(minutes, mean PSNR-Y, min, max, mean SSIM-Y,
-    mean HF-err, seeds)]} from each study's results.csv, at `sample_steps` (the full sets)."""
+    mean HF-err, seeds)]} from each study's results.csv, at `sample_steps` (the full sets).
+    Studies of the same minutes pool their rows (a variant's seeds trained side by side in
+    studies of their own)."""
     import numpy as np
+    pooled = {}
+    for minutes, study in points:
+        pooled.setdefault(float(minutes), []).extend(read_results(Path(study) / "results.csv"))
     out = {}
-    for minutes, study in sorted(points):
-        rows = [r for r in read_results(Path(study) / "results.csv")
+    for minutes in sorted(pooled):
+        rows = [r for r in pooled[minutes]
                 if (r.get("pairs") or "all") == "all" and int(r["sample_steps"]) == sample_steps]
         for v in variants:
             mine = [r for r in rows if r["variant"] == v]
@@ -688,7 +694,8 @@ def main(argv=None):
     ap.add_argument("--compare", metavar="A,B", default="",
                     help="compare two variants of the study image by image (scores.csv) and "
                          "exit; nothing is trained or evaluated. OTHER_STUDY:VARIANT takes a "
-                         "variant from another study (e.g. one trained with --steps)")
+                         "variant from another study (e.g. one trained with --steps); "
+                         "A+B:VARIANT pools its seeds from several studies")
     args = ap.parse_args(argv)
     if args.lanes < 1:
         ap.error("--lanes is a number of parallel jobs, at least 1")
@@ -725,16 +732,17 @@ def main(argv=None):
         if len(pair) != 2 or not all(pair):
             ap.error("--compare takes two variant names: A,B (or OTHER_STUDY:VARIANT)")
         scores = []
-        for name in pair:  # each from --study, or from the study it names (OTHER_STUDY:VARIANT)
+        for name in pair:  # each from --study, or from the studies it names (A+B:VARIANT)
             other, _, variant = name.rpartition(":")
-            scores_path = Path(other or args.study) / "scores.csv"
-            if not scores_path.exists():
-                print(f"{scores_path}: no per-image scores yet; run the study first (rows "
-                      "evaluated before scores.csv existed are scored again by the same "
-                      "command)", file=sys.stderr)
-                return 1
-            scores += [{**r, "variant": name} for r in read_results(scores_path)
-                       if r["variant"] == variant]
+            for study_dir in (other or args.study).split("+"):  # seeds trained in several
+                scores_path = Path(study_dir) / "scores.csv"
+                if not scores_path.exists():
+                    print(f"{scores_path}: no per-image scores yet; run the study first (rows "
+                          "evaluated before scores.csv existed are scored again by the same "
+                          "command)", file=sys.stderr)
+                    return 1
+                scores += [{**r, "variant": name} for r in read_results(scores_path)
+                           if r["variant"] == variant]
         print_comparison(compare(scores, *pair), *pair)
         return 0
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

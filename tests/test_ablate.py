@@ -146,6 +146,15 @@ def test_compare_reads_a_variant_from_another_study(tmp_path, capsys):
     assert f"{other}:a" in out and "+1.50" in out  # (31 - 30 + 22 - 20) / 2, image by image
     assert ablate.main(["--study", str(here), "--compare", f"{tmp_path / 'none'}:a,a"]) == 1
     assert "scores.csv" in capsys.readouterr().err
+    # a variant's seeds trained in studies of their own pool: each image the mean of its seeds
+    third = tmp_path / "third"
+    third.mkdir()
+    ablate.write_results(third / "scores.csv", [
+        {"variant": "a", "seed": 1, "sample_steps": 1, "pairs": "all", "set": "Rain100L",
+         "image": i, "psnr_y": p, "ssim_y": 0.5} for i, p in {"x": 33, "y": 24}.items()], fields)
+    assert ablate.main(["--study", str(here), "--compare", f"{other}+{third}:a,a"]) == 0
+    out = capsys.readouterr().out
+    assert "+2.50" in out and " 2/1 " in out  # ((32 - 30) + (23 - 20)) / 2, 2 seeds and 1
 
 
 def test_compare_without_scores_says_what_to_run(tmp_path, capsys):
@@ -222,6 +231,10 @@ def test_the_learning_curve_reads_studies_of_different_budgets(tmp_path, capsys)
     curve = ablate.learning_curve([(35.0, b), (10.0, a)], ["x"], 1)
     assert curve[("x", "Rain100L")] == [(10.0, 28.0, 28.0, 28.0, 0.9, 1.5, 1),
                                         (35.0, 30.5, 30.0, 31.0, 0.9, 1.5, 2)]
+    # studies of the same budget pool their rows: one point of three seeds
+    c = study("more", [row("x", 2, 32.0, 25.0)])
+    curve = ablate.learning_curve([(35.0, b), (10.0, a), (35.0, c)], ["x"], 1)
+    assert curve[("x", "Rain100L")][1] == (35.0, 31.0, 30.0, 32.0, 0.9, 1.5, 3)
     assert (out / "learning_curve.png").stat().st_size > 10000
 
 
