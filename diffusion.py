@@ -244,14 +244,15 @@ class Bridge(_PredictsX0):
         how many, and the network's extra pass runs on those rows only without reading the
         device; the one upload (B integers) does not wait for the device. The pass's batch
         varies from step to step (with --compile: a recompile or two until torch marks that
-        dimension dynamic). `host` forces the
-        host's draws (True) or the CPU's (False); by default the host's off the CPU."""
+        dimension dynamic). `host` forces the host's draws (True) or the CPU's (False); by
+        default the host's off the CPU."""
         t, noise = draw_t_and_noise(x0, self.timesteps, generator)
         if self.end <= 0:
             return t, noise, None
         gens = batch_generator(generator, x0.shape[0], x0.device)
-        if not (x0.device.type != "cpu" if host is None else host):
-            # drawn after (t, noise), so end = 0 draws exactly what it always did
+        if host is None:
+            host = x0.device.type != "cpu"
+        if not host:  # drawn after (t, noise), so end = 0 draws exactly what it always did
             t = torch.where(gens.rand() < self.end, torch.full_like(t, self.timesteps - 1), t)
             return t, noise, None
         at_end = [u < self.end for u in gens.host_uniforms()]
