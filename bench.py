@@ -44,6 +44,7 @@ import torch  # noqa: E402
 import representations  # noqa: E402
 from helpers.errors import InputError  # noqa: E402
 from ddpm_conditional import launch  # noqa: E402
+from diffusion import Bridge  # noqa: E402
 from losses import LOSSES  # noqa: E402
 from modules import NETWORKS  # noqa: E402
 
@@ -74,7 +75,7 @@ def parse_args(argv=None):
                    help="training loss (default: launch()'s)")
     p.add_argument("--network", choices=sorted(NETWORKS), default=None,
                    help="the network (default: launch()'s); --models names its size")
-    p.add_argument("--bridge-states", choices=["clean", "own"], default=None,
+    p.add_argument("--bridge-states", choices=Bridge.STATES, default=None,
                    help="the bridge's training states (default: launch()'s); own adds a "
                         "forward pass without gradient on the draws below the rainy end")
     p.add_argument("--csv", default=None, help="pairs CSV: also time utils.FFTDataset")
