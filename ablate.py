@@ -36,6 +36,7 @@ import csv
 import fcntl
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -369,14 +370,9 @@ def reference_calibration(path, study, variant):
     return s_per_step
 
 
-def calibrate(args, study, variant, log):
-    """Seconds per optimiser step of the real training loop for this variant (cached), or the
-    reference machine's with --calibration."""
-    if getattr(args, "calibration", ""):
-        return reference_calibration(args.calibration, study, variant)
-    cal = read_calibration(study)
-    if variant in cal:
-        return cal[variant]["s_per_step"]
+def time_steps(args, study, variant, log):
+    """One timing of the variant's real training loop on this machine: seconds per optimiser
+    step between CALIBRATION_STEPS."""
     a, b = CALIBRATION_STEPS
     cal_dir = study / "_calibration" / variant
     if cal_dir.exists():
@@ -392,13 +388,54 @@ def calibrate(args, study, variant, log):
         raise RuntimeError(f"{variant}: calibration failed:\n{r.stderr[-2000:]}")
     el = {rec["step"]: rec["elapsed_s"] for rec in read_log(cal_dir) if "elapsed_s" in rec}
     s_per_step = (el[b] - el[a]) / (b - a)
+    log(f"  {variant}: {s_per_step:.3f} s/step")
+    return s_per_step
+
+
+def record_calibration(args, study, variant, times):
+    """Write the variant's step time into the study's calibration.json: the median of its
+    timings, with each timing kept when there were several."""
+    s_per_step = statistics.median(times)
     with study_lock(study):
         cal = read_calibration(study)
         cal[variant] = {"s_per_step": s_per_step, "threads": args.threads,
                         "load_1m": os.getloadavg()[0], "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if len(times) > 1:
+            cal[variant]["rounds"] = [round(t, 4) for t in times]
         write_json(study / "calibration.json", cal)
-    log(f"  {variant}: {s_per_step:.3f} s/step")
     return s_per_step
+
+
+def calibrate_rounds(args, study, variants, log):
+    """--calibrate-rounds N: time the variants not yet calibrated N times each, in alternating
+    order (as listed, then reversed, ...), so a drift of the machine's speed during the
+    calibration falls on every variant alike, and record each one's median. One timing of one
+    variant can be off by several per cent on a shared machine: enough, in a study of
+    0.1-dB differences, to give one side a tenth more steps."""
+    todo = [v for v in dict.fromkeys(variants) if v not in read_calibration(study)]
+    times = {v: [] for v in todo}
+    for r in range(args.calibrate_rounds if todo else 0):
+        for v in (todo if r % 2 == 0 else todo[::-1]):
+            times[v].append(time_steps(args, study, v, log))
+    for v in todo:
+        s = record_calibration(args, study, v, times[v])
+        log(f"  {v}: median {s:.3f} s/step over {len(times[v])} timing(s) "
+            f"({', '.join(f'{t:.3f}' for t in times[v])})")
+    if len(todo) > 1:
+        cal = read_calibration(study)
+        per = lambda v: cal[v]["s_per_step"] / cal[todo[0]]["s_per_step"]
+        log(f"  step time against {todo[0]}: " + ", ".join(f"{v} {per(v):.3f}" for v in todo[1:]))
+
+
+def calibrate(args, study, variant, log):
+    """Seconds per optimiser step of the real training loop for this variant (cached), or the
+    reference machine's with --calibration."""
+    if getattr(args, "calibration", ""):
+        return reference_calibration(args.calibration, study, variant)
+    cal = read_calibration(study)
+    if variant in cal:
+        return cal[variant]["s_per_step"]
+    return record_calibration(args, study, variant, [time_steps(args, study, variant, log)])
 
 
 def write_json(path, obj):
@@ -691,6 +728,10 @@ def main(argv=None):
     ap.add_argument("--calibrate-only", action="store_true",
                     help="time the variants' steps (on the idle machine) and exit; then run "
                          "the study, e.g. one ablate.py process per core with --threads 1")
+    ap.add_argument("--calibrate-rounds", type=int, default=1,
+                    help="time each variant this many times, in alternating order, and keep "
+                         "the median (default 1); e.g. 3 before comparing variants whose step "
+                         "times are within a few per cent of each other")
     ap.add_argument("--compare", metavar="A,B", default="",
                     help="compare two variants of the study image by image (scores.csv) and "
                          "exit; nothing is trained or evaluated. OTHER_STUDY:VARIANT takes a "
@@ -699,6 +740,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.lanes < 1:
         ap.error("--lanes is a number of parallel jobs, at least 1")
+    if args.calibrate_rounds < 1:
+        ap.error("--calibrate-rounds is a number of timings per variant, at least 1")
     if args.list:
         width = max(map(len, VARIANTS))
         for name, v in VARIANTS.items():
@@ -772,6 +815,8 @@ def main(argv=None):
     complete = lambda r: all(r.get(f) not in (None, "") for f in SCORE_FIELDS)
     done = {key(r) for r in rows} & {key(r) for r in scores if complete(r)}
 
+    if not args.steps and not args.calibration:
+        calibrate_rounds(args, study, [VARIANTS[v].get("train_as", v) for v in variants], log)
     for variant in variants:
         spec = VARIANTS[variant]
         trained = spec.get("train_as", variant)

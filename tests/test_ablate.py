@@ -266,6 +266,34 @@ def test_a_reference_calibration_sets_the_step_counts_without_timing(shared_data
     assert "not a calibration.json" in capsys.readouterr().err
 
 
+def test_calibration_rounds_alternate_the_order_and_keep_the_median(tmp_path, monkeypatch):
+    # the timer is replaced (a real timing trains 120 steps); it drifts slower with every call,
+    # as a machine whose load grows during the calibration
+    calls = []
+
+    def fake_time(args, study, variant, log):
+        calls.append(variant)
+        return {"regression": 1.0, "trunk_bridge": 2.0, "naf_regression": 3.0}[variant] + 0.1 * len(calls)
+
+    monkeypatch.setattr(ablate, "time_steps", fake_time)
+    study = tmp_path / "study"
+    argv = ["--study", str(study), "--variants", "regression,trunk_bridge", "--minutes", "1",
+            "--calibrate-only", "--calibrate-rounds", "3", "--threads", "1"]
+    assert ablate.main(argv) == 0
+    assert calls == ["regression", "trunk_bridge", "trunk_bridge", "regression",
+                     "regression", "trunk_bridge"]
+    cal = json.loads((study / "calibration.json").read_text())
+    assert cal["regression"]["rounds"] == [1.1, 1.4, 1.5]
+    assert cal["trunk_bridge"]["rounds"] == [2.2, 2.3, 2.6]
+    assert cal["regression"]["s_per_step"] == pytest.approx(1.4)  # the medians
+    assert cal["trunk_bridge"]["s_per_step"] == pytest.approx(2.3)
+    # calibrated variants are not timed again; a new one is, alone
+    assert ablate.main([*argv[:3], "regression,naf_regression", *argv[4:]]) == 0
+    assert calls[6:] == ["naf_regression"] * 3
+    with pytest.raises(SystemExit):
+        ablate.main([*argv[:-4], "--calibrate-rounds", "0"])
+
+
 def test_the_reference_calibration_times_known_variants_and_the_default():
     cal = json.loads(ablate.REFERENCE_CALIBRATION.read_text())
     assert ablate.DEFAULT in cal and set(cal) <= set(ablate.VARIANTS)
