@@ -414,13 +414,13 @@ def calibrate_rounds(args, study, variants, log):
     0.1-dB differences, to give one side a tenth more steps."""
     todo = [v for v in dict.fromkeys(variants) if v not in read_calibration(study)]
     times = {v: [] for v in todo}
-    for r in range(args.calibrate_rounds if todo else 0):
+    for r in range(args.calibrate_rounds):
         for v in (todo if r % 2 == 0 else todo[::-1]):
             times[v].append(time_steps(args, study, v, log))
     for v in todo:
         s = record_calibration(args, study, v, times[v])
-        log(f"  {v}: median {s:.3f} s/step over {len(times[v])} timing(s) "
-            f"({', '.join(f'{t:.3f}' for t in times[v])})")
+        if len(times[v]) > 1:
+            log(f"  {v}: median {s:.3f} s/step of " + ", ".join(f"{t:.3f}" for t in times[v]))
     if len(todo) > 1:
         cal = read_calibration(study)
         per = lambda v: cal[v]["s_per_step"] / cal[todo[0]]["s_per_step"]
