@@ -273,7 +273,8 @@ def test_calibration_rounds_alternate_the_order_and_keep_the_median(tmp_path, mo
 
     def fake_time(args, study, variant, log):
         calls.append(variant)
-        return {"regression": 1.0, "trunk_bridge": 2.0, "naf_regression": 3.0}[variant] + 0.1 * len(calls)
+        base = {"regression": 1.0, "trunk_bridge": 2.0, "naf_regression": 3.0}[variant]
+        return base + 0.1 * len(calls)
 
     monkeypatch.setattr(ablate, "time_steps", fake_time)
     study = tmp_path / "study"
