@@ -237,6 +237,20 @@ VARIANTS = {
                                              "about": "trunk_bridge_end90_naf_own_skip with the "
                                                       "PSNR loss (launch()'s default: steps that "
                                                       "cost nothing)"},
+    # issue 19's 2x2 table with today's levers: the Res-FFT branch in every NAF block of the
+    # default (Fourier state) and of its pixel twin (pixel state)
+    "trunk_bridge_end90_naf_fft_own_skip_psnr": {"flags": [*TRUNK_BRIDGE_90_NAF, "--network",
+                                                           "naf_fft", "--loss", "psnr",
+                                                           "--bridge-states", "own",
+                                                           "--bridge-param", "skip"],
+                                                 "about": "the default with a Res-FFT branch "
+                                                          "in every block (Fourier state, "
+                                                          "spatial + FFT)"},
+    "pixel_bridge_end90_naf_fft_psnr": {"flags": [*PIXEL_BRIDGE_90_NAF, "--network", "naf_fft",
+                                                  "--loss", "psnr"],
+                                        "about": "pixel_bridge_end90_naf_psnr with a Res-FFT "
+                                                 "branch in every block (pixel state, spatial "
+                                                 "+ FFT)"},
     # the optimisation and the loss's weighting around trunk_bridge_end90_naf_psnr
     "trunk_bridge_end90_naf_psnr_noclip": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "psnr",
                                                      "--grad-clip", "0"],

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import REPO
@@ -59,3 +60,30 @@ def test_pack_then_run_rebuilds_the_heavy_sets_clean_images(tmp_path):
     for name, want in (("1.png", clean[1][:30, :50]), ("2.png", clean[2][:40, :20])):
         got = np.asarray(Image.open(kit / "Rain100H" / "target" / name))
         assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("steps", ["", "20809"])
+def test_the_study_phase_trains_equal_steps_when_steps_is_set(tmp_path, steps):
+    # a stand-in interpreter records what ablate.py would be asked and runs everything else
+    script = _script_in(tmp_path)
+    _png(tmp_path / "gpu_kit" / "data" / "Rain100L" / "target" / "rain-001.png",
+         np.zeros((8, 8, 3), np.uint8))
+    _png(tmp_path / "gpu_kit" / "data" / "Rain100H" / "input" / "1.png",
+         np.zeros((4, 4, 3), np.uint8))
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/bash\nif [ "$1" = ablate.py ]; then echo "$@" > '
+                    f'{tmp_path / "ablate_args"}; exit 0; fi\nexec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PHASES": "study", "OUT": str(tmp_path / "out"),
+           "PYTHON": str(fake), "STEPS": steps, "MINUTES": "120"}
+    r = subprocess.run(["bash", str(script), "run"], cwd=tmp_path, capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    args = (tmp_path / "ablate_args").read_text().split()
+    if steps:
+        assert args[args.index("--steps") + 1] == "20809"
+        assert "--calibration" not in args and "--minutes" not in args
+    else:
+        assert args[args.index("--minutes") + 1] == "120" and "--steps" not in args
+        assert args[args.index("--calibration") + 1] == "tools/calibration_2026-12-01.json"
+    assert "study rc=0" in (tmp_path / "out" / "phases.txt").read_text()

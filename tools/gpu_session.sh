@@ -17,10 +17,14 @@
 #   bench    bench.py for small, default and large at batch 64 and 256 (bf16), large compiled,
 #            small and default at 64 with clean states (what the default's own states cost)
 #   study    ablate.py at the 2026-12-01 machine's step counts (--calibration) for $MINUTES
-#            CPU-minutes, $LANES jobs at once on the GPU: $VARIANTS, seeds $SEEDS, 1 and 4 steps
+#            CPU-minutes, $LANES jobs at once on the GPU: $VARIANTS, seeds $SEEDS, 1 and 4 steps;
+#            with STEPS set, every variant trains STEPS steps instead (equal steps: that file
+#            charges the Fourier state's FFTs 10-14 % of a step that later timings put at about
+#            nothing, STUDY.md, eighth session, so a Fourier variant and its pixel twin are
+#            compared fairly at the twin's count, e.g. STEPS=20809 for 120 minutes)
 #   derain   bench_sampling.py on 5 Rain100L pairs with the study's first variant's checkpoint
 # Environment: PHASES ("env smoke suite bench study derain"), DEVICE (cuda), MINUTES (35),
-# SEEDS (0), LANES (8), VARIANTS, PYTHON (python3), OUT (gpu_out; the device tool sets it), and
+# STEPS (unset), SEEDS (0), LANES (8), VARIANTS, PYTHON (python3), OUT (gpu_out; the device tool sets it), and
 # each phase's limit LIMIT_<PHASE> in seconds. The log: $OUT/gpu_session.log, $OUT/phases.txt.
 set -u
 cd "$(dirname "$0")/.."
@@ -39,14 +43,15 @@ export OUT=${OUT:-gpu_out}
 export PY=${PYTHON:-python3}
 export DEVICE=${DEVICE:-cuda}
 export MINUTES=${MINUTES:-35}
+export STEPS=${STEPS:-}
 export SEEDS=${SEEDS:-0}
 export LANES=${LANES:-8}
-# the default (own states + skip, PSNR loss), the default before it (clean states, x0), their
-# pixel and regression references with that loss (and the Fourier regression); issue 19's
-# 2x2 table with the NAF trunk ({Fourier, pixels} x {spatial, + Res-FFT}), regression, the
+# the default (own states + skip, PSNR loss), the default before it (clean states, x0), its
+# pixel twin, the 2x2 table's FFT cells with those levers, the regression references with
+# that loss (and the Fourier regression); issue 19's 2x2 table with the NAF trunk ({Fourier, pixels} x {spatial, + Res-FFT}), regression, the
 # frequency loss in either state, the skip parametrisation, and the U-Net-trunk pair of the
 # earlier tables (all with the image MSE)
-export VARIANTS=${VARIANTS:-trunk_bridge_end90_naf_own_skip_psnr,trunk_bridge_end90_naf_psnr,pixel_bridge_end90_naf_psnr,naf_regression_psnr,trunk_regression_naf_psnr,trunk_bridge_end90_naf,pixel_bridge_end90_naf,trunk_bridge_end90_naf_fft,pixel_bridge_end90_naf_fft,naf_regression,trunk_bridge_end90_naf_fftloss,pixel_bridge_end90_naf_fftloss,trunk_bridge_end90_naf_skip,trunk_bridge_end90,pixel_bridge_end90}
+export VARIANTS=${VARIANTS:-trunk_bridge_end90_naf_own_skip_psnr,trunk_bridge_end90_naf_psnr,pixel_bridge_end90_naf_psnr,trunk_bridge_end90_naf_fft_own_skip_psnr,pixel_bridge_end90_naf_fft_psnr,naf_regression_psnr,trunk_regression_naf_psnr,trunk_bridge_end90_naf,pixel_bridge_end90_naf,trunk_bridge_end90_naf_fft,pixel_bridge_end90_naf_fft,naf_regression,trunk_bridge_end90_naf_fftloss,pixel_bridge_end90_naf_fftloss,trunk_bridge_end90_naf_skip,trunk_bridge_end90,pixel_bridge_end90}
 export DATA=$KIT/data
 export WORK=runs/gpu_session
 export PHASES=${PHASES-env smoke suite bench study derain}
@@ -122,8 +127,13 @@ want bench && phase bench "${LIMIT_BENCH:-150}" bash -c "
         --bridge-states clean"
 
 if want study; then
-    phase study "${LIMIT_STUDY:-240}" "$PY" ablate.py --study "$WORK/study" \
-        --calibration tools/calibration_2026-12-01.json --minutes "$MINUTES" --seeds "$SEEDS" \
+    if [ -n "$STEPS" ]; then
+        budget=(--steps "$STEPS")
+    else
+        budget=(--calibration tools/calibration_2026-12-01.json --minutes "$MINUTES")
+    fi
+    phase study "${LIMIT_STUDY:-240}" "$PY" ablate.py --study "$WORK/study" "${budget[@]}" \
+        --seeds "$SEEDS" \
         --variants "$VARIANTS" --eval-steps 1,4 --lanes "$LANES" --threads 2 \
         --device "$DEVICE" --data-root "$DATA"
     for f in results.csv scores.csv calibration.json; do
