@@ -80,7 +80,7 @@ def training_curves_figure(runs, path, title=None):
     right: validation PSNR-Y, with the rainy input's PSNR-Y on the same pairs dashed."""
     fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(12, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    any_val = False
+    any_val, lowest = False, np.inf
     for i, (name, recs) in enumerate(runs.items()):
         c = colors[i % len(colors)]
         train = [r for r in recs if "loss" in r and not r.get("skipped")
@@ -88,6 +88,7 @@ def training_curves_figure(runs, path, title=None):
         if train:
             steps = np.array([r["step"] for r in train])
             loss = np.array([r["loss"] for r in train], dtype=np.float64)
+            lowest = min(lowest, float(loss.min()))
             ax_l.plot(steps, loss, color=c, alpha=0.25, lw=0.8)
             ax_l.plot(steps, _smooth(loss), color=c, lw=1.6, label=name)
         val = [r for r in recs if "val_psnr_y" in r]
@@ -103,8 +104,12 @@ def training_curves_figure(runs, path, title=None):
                 else:
                     ax_v.plot(steps, base, "--", color=c, lw=1.1, label=f"{name}: rainy input")
     ax_l.set_xlabel("optimiser step")
-    ax_l.set_ylabel("training loss (MSE)")
-    ax_l.set_yscale("log")
+    if lowest > 0:  # MSE-type losses: a log scale shows their slow tail
+        ax_l.set_ylabel("training loss (log scale)")
+        ax_l.set_yscale("log")
+    else:  # the PSNR loss (--loss psnr) is the windows' -PSNR in dB, negative
+        ax_l.set_ylabel("training loss (--loss psnr: -PSNR in dB)" if lowest < 0 else
+                        "training loss")
     ax_l.set_title("training loss (faint: logged values; solid: smoothed)", fontsize=10)
     ax_l.grid(alpha=0.3, which="both")
     ax_v.set_xlabel("optimiser step")

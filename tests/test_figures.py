@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import matplotlib.text
 import pytest
@@ -161,6 +162,17 @@ def test_training_curves_from_synthetic_logs(tmp_path, capsys):
     assert w > 800 and h > 300
     assert "missing: no readable log.jsonl" in capsys.readouterr().out
     assert MF.make_training_curves([missing], tmp_path / "out2") is None
+
+
+def test_training_curves_of_the_psnr_loss_use_a_linear_scale(tmp_path):
+    # the default's PSNR loss is negative (-dB): on a log scale its curve would not be drawn
+    recs = [{"step": s, "loss": -20.0 - s / 10} for s in range(1, 30)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of a log scale with no positive data
+        HF.training_curves_figure({"psnr": recs}, tmp_path / "psnr.png")
+        HF.training_curves_figure({"mse": [{"step": s, "loss": 1 / s} for s in range(1, 30)]},
+                               tmp_path / "mse.png")
+    assert _png_size(tmp_path / "psnr.png")[0] > 800
 
 
 # ============================================================================ checkpoint figures
