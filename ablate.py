@@ -246,6 +246,15 @@ VARIANTS = {
                                                  "about": "the default with a Res-FFT branch "
                                                           "in every block (Fourier state, "
                                                           "spatial + FFT)"},
+    "trunk_bridge_end90_naf_conv_own_skip_psnr": {"flags": [*TRUNK_BRIDGE_90_NAF, "--network",
+                                                            "naf_conv", "--loss", "psnr",
+                                                            "--bridge-states", "own",
+                                                            "--bridge-param", "skip"],
+                                                  "about": "the control for "
+                                                           "trunk_bridge_end90_naf_fft_own_skip_"
+                                                           "psnr: the same branch's weights "
+                                                           "and ReLU without the FFT (capacity, "
+                                                           "not the spectrum)"},
     "pixel_bridge_end90_naf_fft_psnr": {"flags": [*PIXEL_BRIDGE_90_NAF, "--network", "naf_fft",
                                                   "--loss", "psnr"],
                                         "about": "pixel_bridge_end90_naf_psnr with a Res-FFT "

@@ -166,7 +166,26 @@ class ResFFT(nn.Module):
         return out.to(h.dtype)  # (B, C, H, W)
 
 
-FFT_BRANCHES = {"none": None, "ffc": FourierUnit, "res_fft": ResFFT}
+class ResConv(nn.Module):
+    """The control for ResFFT (``fft_branch="res_conv"``): the same kind of branch with no FFT,
+    a 1x1 convolution to 4c channels, ReLU, a 1x1 convolution back to c, on the feature map
+    itself. It has ResFFT's weights to within the biases (8c^2: ResFFT's two convolutions act
+    on 2c channels, the real and imaginary parts) and its nonlinearity, but sees one pixel, so
+    beside ResFFT at equal steps it says whether a gain is the spectrum's global view or the
+    added capacity. The last convolution starts at zero, as ResFFT's."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 4 * channels, 1)
+        self.conv2 = nn.Conv2d(4 * channels, channels, 1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, h):
+        return self.conv2(F.relu(self.conv1(h)))  # (B, C, H, W)
+
+
+FFT_BRANCHES = {"none": None, "ffc": FourierUnit, "res_fft": ResFFT, "res_conv": ResConv}
 
 
 def make_fft_branch(kind, channels):
@@ -606,6 +625,7 @@ NETWORKS = {
     "pixel_trunk_fft": ("pixels", "unet", "res_fft"),
     "naf": ("pixels", "naf", "none"),
     "naf_fft": ("pixels", "naf", "res_fft"),
+    "naf_conv": ("pixels", "naf", "res_conv"),  # naf_fft's control: the branch without the FFT
 }
 X0_NETWORKS = tuple(k for k, (space, _, _) in NETWORKS.items() if space == "pixels")
 TRUNKS = {"unet": (UNet_conditional, MODEL_PRESETS), "naf": (NAFNet, NAF_PRESETS)}

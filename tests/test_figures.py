@@ -80,6 +80,7 @@ def test_labels_come_from_the_code_and_follow_launch_defaults(monkeypatch):
     # the trunk and its spectral branch come from modules.NETWORKS, the loss's terms from launch()
     for network, trunk, branch in (("naf", "NAFNet-style", None),
                                    ("naf_fft", "NAFNet-style", "Res-FFT"),
+                                   ("naf_conv", "NAFNet-style", "1x1 branch (no FFT)"),
                                    ("pixel_trunk_fft", "UNet_conditional", "Res-FFT"),
                                    ("ffc", "UNet_conditional", "FFC")):
         monkeypatch.setattr(D, "launch", lambda: {**d, "network": network})

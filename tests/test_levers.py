@@ -33,6 +33,7 @@ LEVERS = {
     "pixel_trunk_fft": ["--network", "pixel_trunk_fft"],
     "naf": ["--network", "naf"],
     "naf_fft": ["--network", "naf_fft", "--representation", "pixels"],
+    "naf_conv": ["--network", "naf_conv"],
     "fft_loss": ["--loss", "image_fft", "--fft-loss-weight", "0.2", "--fft-loss-scales", "2"],
     "psnr_loss": ["--loss", "psnr"],
     # the default bridge is own states + skip ("bridge" checks it); these are the alternatives
@@ -75,6 +76,9 @@ HONOURED = {
     not any(type(m).__name__ == "ResFFT" for m in d.model.modules()),
     "naf_fft": lambda tr, d: type(d.model.trunk).__name__ == "NAFNet" and
     any(type(m).__name__ == "ResFFT" for m in d.model.modules()) and d.rep.name == "pixels",
+    "naf_conv": lambda tr, d: type(d.model.trunk).__name__ == "NAFNet" and
+    any(type(m).__name__ == "ResConv" for m in d.model.modules()) and
+    not any(type(m).__name__ == "ResFFT" for m in d.model.modules()),
     "fft_loss": lambda tr, d: type(tr.parts.loss).__name__ == "ImageFFTLoss" and
     (tr.parts.loss.weight, tr.parts.loss.scales) == (0.2, 2),
     "psnr_loss": lambda tr, d: type(tr.parts.loss).__name__ == "PSNRLoss",

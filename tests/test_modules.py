@@ -250,7 +250,7 @@ def _randomise_fft(model):
     """The Res-FFT branch starts at zero (the block is its spatial branch); give it weights."""
     with torch.no_grad():
         for mod in model.modules():
-            if type(mod).__name__ == "ResFFT":
+            if type(mod).__name__ in ("ResFFT", "ResConv"):
                 mod.conv2.weight.normal_(0, 0.1)
 
 
@@ -287,7 +287,24 @@ def test_res_fft_starts_as_the_spatial_block_and_works_at_any_size():
         assert y.shape == (1, 3, h, w) and torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("branch", ["none", "res_fft"])
+def test_the_res_fft_control_has_its_weights_but_sees_one_pixel():
+    from modules import ResConv, ResFFT
+    c = 8
+    fft, conv = ResFFT(c), ResConv(c)
+    weights = lambda m: sum(p.numel() for n, p in m.named_parameters() if n.endswith("weight"))
+    assert weights(fft) == weights(conv) == 8 * c * c
+    h = torch.randn(1, c, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert conv(h).abs().max() == 0  # zero-started, as ResFFT
+        for m in (fft, conv):
+            m.conv2.weight.normal_(0, 0.1)
+        far = h.clone()
+        far[..., 12:, 12:] += 1.0  # change pixels far from (0, 0)
+        changed = lambda m: float((m(far) - m(h))[..., 0, 0].abs().max())
+        assert changed(conv) == 0 and changed(fft) > 1e-3  # local, against global
+
+
+@pytest.mark.parametrize("branch", ["none", "res_fft", "res_conv"])
 def test_the_naf_trunk_keeps_shapes_trains_and_sees_time(branch):
     from modules import NAF_PRESETS, NAFNet
     net = NAFNet(6, 3, **{**NAF_PRESETS["small"], "width": 8, "fft_branch": branch})
@@ -305,6 +322,7 @@ def test_the_naf_trunk_keeps_shapes_trains_and_sees_time(branch):
     y.square().mean().backward()
     assert all(p.grad is not None for p in net.parameters())
     assert (branch == "res_fft") == any(type(m).__name__ == "ResFFT" for m in net.modules())
+    assert (branch == "res_conv") == any(type(m).__name__ == "ResConv" for m in net.modules())
 
 
 def test_every_network_builds_from_a_config_and_from_its_own_record():

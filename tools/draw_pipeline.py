@@ -131,7 +131,8 @@ def pipeline_labels(defaults=None):
                                         for p in diffusion.PREDICTIONS))
     space, trunk, branch = modules.NETWORKS[network]
     trunk_name = {"unet": "UNet_conditional", "naf": "NAFNet-style trunk"}[trunk]
-    blocks = {"none": "", "res_fft": ", Res-FFT branch", "ffc": ", FFC blocks"}[branch]
+    blocks = {"none": "", "res_fft": ", Res-FFT branch", "ffc": ", FFC blocks",
+              "res_conv": ", 1x1 branch (no FFT)"}[branch]
     if space == "pixels":
         lab["unet"] = [f"pixel trunk: {trunk_name} ({d['model']}{blocks})",
                        "x_t, condition \u2192 pixels (inverse FFT):",
