@@ -24,8 +24,8 @@
 #            compared fairly at the twin's count, e.g. STEPS=20809 for 120 minutes)
 #   derain   bench_sampling.py on 5 Rain100L pairs with the study's first variant's checkpoint
 # Environment: PHASES ("env smoke suite bench study derain"), DEVICE (cuda), MINUTES (35),
-# STEPS (unset), SEEDS (0), LANES (8), VARIANTS, PYTHON (python3), OUT (gpu_out; the device tool sets it), and
-# each phase's limit LIMIT_<PHASE> in seconds. The log: $OUT/gpu_session.log, $OUT/phases.txt.
+# STEPS (unset), SEEDS (0), LANES (8), VARIANTS, PYTHON (python3), OUT (gpu_out; the device
+# tool sets it), and each phase's limit LIMIT_<PHASE> in seconds. The log: $OUT/gpu_session.log, $OUT/phases.txt.
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-run}
@@ -48,9 +48,9 @@ export SEEDS=${SEEDS:-0}
 export LANES=${LANES:-8}
 # the default (own states + skip, PSNR loss), the default before it (clean states, x0), its
 # pixel twin, the 2x2 table's FFT cells with those levers, the regression references with
-# that loss (and the Fourier regression); issue 19's 2x2 table with the NAF trunk ({Fourier, pixels} x {spatial, + Res-FFT}), regression, the
-# frequency loss in either state, the skip parametrisation, and the U-Net-trunk pair of the
-# earlier tables (all with the image MSE)
+# that loss (and the Fourier regression); issue 19's 2x2 table with the NAF trunk ({Fourier,
+# pixels} x {spatial, + Res-FFT}), regression, the frequency loss in either state, the skip
+# parametrisation, and the U-Net-trunk pair of the earlier tables (all with the image MSE)
 export VARIANTS=${VARIANTS:-trunk_bridge_end90_naf_own_skip_psnr,trunk_bridge_end90_naf_psnr,pixel_bridge_end90_naf_psnr,trunk_bridge_end90_naf_fft_own_skip_psnr,pixel_bridge_end90_naf_fft_psnr,naf_regression_psnr,trunk_regression_naf_psnr,trunk_bridge_end90_naf,pixel_bridge_end90_naf,trunk_bridge_end90_naf_fft,pixel_bridge_end90_naf_fft,naf_regression,trunk_bridge_end90_naf_fftloss,pixel_bridge_end90_naf_fftloss,trunk_bridge_end90_naf_skip,trunk_bridge_end90,pixel_bridge_end90}
 export DATA=$KIT/data
 export WORK=runs/gpu_session
