@@ -247,7 +247,8 @@ def _far_sensitivity(model, channels=3):
 
 
 def _randomise_fft(model):
-    """The Res-FFT branch starts at zero (the block is its spatial branch); give it weights."""
+    """The Res-FFT branch and its control (ResConv) start at zero (the block is its spatial
+    branch); give them weights."""
     with torch.no_grad():
         for mod in model.modules():
             if type(mod).__name__ in ("ResFFT", "ResConv"):
