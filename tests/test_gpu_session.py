@@ -87,3 +87,19 @@ def test_the_study_phase_trains_equal_steps_when_steps_is_set(tmp_path, steps):
         assert args[args.index("--minutes") + 1] == "120" and "--steps" not in args
         assert args[args.index("--calibration") + 1] == "tools/calibration_2026-12-01.json"
     assert "study rc=0" in (tmp_path / "out" / "phases.txt").read_text()
+
+
+def test_every_default_variant_of_the_study_phase_has_a_reference_step_time():
+    # without STEPS the study phase takes each variant's step count from the reference
+    # calibration file, and ablate.py stops before training anything when one is missing there
+    import json
+    import re
+
+    import ablate
+    text = (REPO / "tools" / "gpu_session.sh").read_text()
+    default = re.search(r"VARIANTS=\$\{VARIANTS:-([^}]*)\}", text).group(1).split(",")
+    assert "trunk_bridge_end90_naf_own_skip_psnr" in default  # the launch() default is there
+    reference = json.loads(ablate.REFERENCE_CALIBRATION.read_text())
+    missing = [v for v in default
+               if ablate.VARIANTS[v].get("train_as", v) not in reference]
+    assert missing == []
