@@ -1,7 +1,10 @@
 """tools/gpu_session.sh, the prepared call for a lent GPU, up to where it needs one: `pack` copies
 the data it carries, `run` rebuilds Rain100H's clean images from Rain100L's and refuses to start
 without the kit. Its phases themselves need CUDA (and run on the CPU only slowly), so here it runs
-with no phases."""
+with no phases, or with a stand-in for ablate.py; and every variant its study phase trains by
+default has a step time in the reference calibration file."""
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ablate
 from tests.conftest import REPO
 
 
