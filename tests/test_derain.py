@@ -148,3 +148,40 @@ def test_messages_name_the_sampler_of_the_process():
     assert sampler_text("bridge", s) == "bridge, 2 steps"
     assert sampler_text("diffusion", s) == "ddim, 2 steps, eta 0.0"
     assert sampler_text("regression", s) == "one pass"
+
+
+class Mixer(torch.nn.Module):
+    """A fixed nonlinear model of the state and the condition: any mistake in how samples are
+    weighted or seeded shows in its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x, t, cond):
+        return torch.tanh(0.7 * x + 0.3 * cond) + self.w
+
+
+def _ensemble(rep, process, rain, eta, k):
+    settings = dict(sampler="ddim", sample_steps=3, eta=eta, guidance=1.0, clip_x0=3.0,
+                    ensemble=k, sample_batch=4, coupled=False)
+    return Derainer(Mixer(), rep, process, settings).derain(rain, 0)
+
+
+def test_ensemble_is_the_mean_of_its_samples():
+    """--ensemble K averages K samples of each window: with the deterministic bridge sampler
+    (eta 0, from the rainy image) the K samples are one sample, so the mean must equal it,
+    whatever K and however the jobs fall into batches; with eta 1 the samples differ, and their
+    mean must differ from any one of them and lie nearer the deterministic path."""
+    from diffusion import Bridge
+    rep = _rep(16)
+    rain = np.random.default_rng(5).random((3, 23, 30))
+    bridge = Bridge(1000, 0.1, 0.9, "x0")
+    one = _ensemble(rep, bridge, rain, 0.0, 1)
+    for k in (2, 3):
+        assert np.max(np.abs(_ensemble(rep, bridge, rain, 0.0, k) - one)) < 1e-5
+    single = _ensemble(rep, bridge, rain, 1.0, 1)
+    mean4 = _ensemble(rep, bridge, rain, 1.0, 4)
+    assert np.max(np.abs(single - one)) > 1e-4  # the noise does reach the output
+    assert np.max(np.abs(mean4 - single)) > 1e-4
+    assert np.mean((mean4 - one) ** 2) < np.mean((single - one) ** 2)
