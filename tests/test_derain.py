@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import representations
-from diffusion import Diffusion
+from diffusion import Bridge, Diffusion
 from helpers import process as P
 from helpers.tiling import OVERLAP, window_starts, window_weight
 from sampling import Derainer
@@ -173,7 +173,6 @@ def test_ensemble_is_the_mean_of_its_samples():
     (eta 0, from the rainy image) the K samples are one sample, so the mean must equal it,
     whatever K and however the jobs fall into batches; with eta 1 the samples differ, and their
     mean must differ from any one of them and lie nearer the deterministic path."""
-    from diffusion import Bridge
     rep = _rep(16)
     rain = np.random.default_rng(5).random((3, 23, 30))
     bridge = Bridge(1000, 0.1, 0.9, "x0")
