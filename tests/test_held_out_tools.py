@@ -1,0 +1,78 @@
+"""tools/shared_backgrounds.py (evaluation images whose clean background a training image has)
+and tools/paired.py (image-by-image comparison of derain.py's scores, seeds pooled)."""
+import csv
+
+import numpy as np
+from PIL import Image
+
+from tools import paired, shared_backgrounds
+
+
+def _photo(seed, size=(120, 80)):
+    """A smooth random 'photo' (different seeds: clearly different images)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+
+
+def test_shared_backgrounds_finds_reused_photos_and_only_them(tmp_path, capsys):
+    train, target = tmp_path / "train", tmp_path / "target"
+    train.mkdir(), target.mkdir()
+    for k in range(3):
+        _photo(k).save(train / f"t{k}.png")
+    _photo(1).crop((0, 0, 119, 79)).save(target / "seen.jpg", quality=90)  # cropped, re-encoded
+    _photo(7).save(target / "new.png")
+    assert shared_backgrounds.main([str(target), "--train", str(train)]) == 0
+    assert capsys.readouterr().out.split() == ["seen"]
+    # a pairs CSV names the training images just as well
+    pairs = tmp_path / "train.csv"
+    with open(pairs, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_filepath", "image_rain_filepath"])
+        w.writerow([train / "t1.png", train / "t1.png"])
+    assert shared_backgrounds.main([str(target), "--train", str(pairs)]) == 0
+    assert capsys.readouterr().out.split() == ["seen"]
+
+
+def test_shared_backgrounds_names_bad_input(tmp_path, capsys):
+    bad = tmp_path / "x.csv"
+    bad.write_text("a,b\n1,2\n")
+    (tmp_path / "t").mkdir()
+    assert shared_backgrounds.main([str(tmp_path / "t"), "--train", str(bad)]) == 1
+    assert "x.csv" in capsys.readouterr().err
+    assert shared_backgrounds.main([str(tmp_path / "nope"), "--train", str(bad)]) == 1
+    assert "nope" in capsys.readouterr().err
+
+
+def _scores(folder, values):
+    folder.mkdir(parents=True)
+    with open(folder / "scores.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "psnr_y", "ssim_y", "hf_err_db"])
+        for name, v in values.items():
+            w.writerow([name, v, 0.9, 1.0])
+    return str(folder)
+
+
+def test_paired_pools_seeds_per_image_and_leaves_out_what_it_is_told(tmp_path, capsys):
+    a0 = _scores(tmp_path / "a0", {"x": 30.0, "y": 20.0, "z": 10.0})
+    a1 = _scores(tmp_path / "a1", {"x": 32.0, "y": 22.0, "z": 10.0})
+    b0 = _scores(tmp_path / "b0", {"x": 30.0, "y": 20.0, "z": 20.0})
+    assert paired.main([f"{a0}+{a1}", b0, "--labels", "f,p"]) == 0
+    out = capsys.readouterr().out
+    # per image, A's seeds averaged: x +1, y +1, z -10 -> mean -2.67, A wins 2 of 3
+    assert "-2.67" in out and "2/3" in out and "2/1" in out
+    seen = tmp_path / "seen.txt"
+    seen.write_text("z\n")
+    assert paired.main([f"{a0}+{a1}", b0, "--labels", "f,p", "--exclude", str(seen)]) == 0
+    out = capsys.readouterr().out
+    assert "+1.00" in out and "2/2" in out and "f: 2 images, PSNR-Y 26.00" in out
+
+
+def test_paired_refuses_missing_scores(tmp_path, capsys):
+    a = _scores(tmp_path / "a", {"x": 30.0})
+    assert paired.main([a, str(tmp_path / "none")]) == 1
+    assert "none" in capsys.readouterr().err
+    b = _scores(tmp_path / "b", {"other": 30.0})
+    assert paired.main([a, b]) == 1
+    assert "no image" in capsys.readouterr().err
