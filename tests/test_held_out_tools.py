@@ -76,3 +76,7 @@ def test_paired_refuses_missing_scores(tmp_path, capsys):
     b = _scores(tmp_path / "b", {"other": 30.0})
     assert paired.main([a, b]) == 1
     assert "no image" in capsys.readouterr().err
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("x,y\n1,2\n")
+    assert paired.main([a, str(wrong)]) == 1
+    assert "wrong.csv" in capsys.readouterr().err

@@ -31,7 +31,11 @@ def read_side(spec, label, set_name, exclude):
             raise FileNotFoundError(f"{path}: no per-image scores; run derain.py with --eval "
                                     "into that folder first")
         with open(path, newline="") as f:
-            for r in csv.DictReader(f):
+            reader = csv.DictReader(f)
+            if "name" not in (reader.fieldnames or []) or "psnr_y" not in reader.fieldnames:
+                raise ValueError(f"{path}: not a scores.csv of derain.py --eval (no name and "
+                                 "psnr_y columns)")
+            for r in reader:
                 if r["name"] in exclude:
                     continue
                 rows.append({"variant": label, "seed": str(seed), "pairs": "all",
@@ -59,7 +63,7 @@ def main(argv=None):
                        if line.strip()}
         rows = (read_side(a.a, labels[0], a.set_name, exclude)
                 + read_side(a.b, labels[1], a.set_name, exclude))
-    except (OSError, KeyError) as e:
+    except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     result = compare(rows, *labels)
