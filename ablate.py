@@ -570,7 +570,8 @@ def print_comparison(rows, a, b):
           f"{'PSNR-Y diff (dB)':>18s}  {'SSIM-Y diff':>17s}  {'HF-err diff (dB)':>17s}  "
           f"{a} wins")
     for r in rows:
-        print(f"{r['pairs']:>5s} {r['set']:9s} {r['sample_steps']:5d} {r['images']:6d} "
+        steps = str(r["sample_steps"]) if r["sample_steps"] else "?"  # 0: not recorded
+        print(f"{r['pairs']:>5s} {r['set']:9s} {steps:>5s} {r['images']:6d} "
               f"{r['seeds_a']:>2d}/{r['seeds_b']:<2d}  {r['psnr_y_diff']:+8.2f} +- "
               f"{r['psnr_y_se']:5.2f}  {r['ssim_y_diff']:+7.4f} +- {r['ssim_y_se']:.4f}  "
               f"{r['hf_err_db_diff']:+7.2f} +- {r['hf_err_db_se']:5.2f}  "

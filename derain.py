@@ -15,18 +15,20 @@ Every ordinary image is derained in its own form (helpers/images.py): the model 
 (16-bit stays 16-bit) and alpha channel (passed through unchanged); an EXIF rotation is applied
 first, so the output is upright; a palette image comes back as full-colour RGB (its palette
 cannot hold the derained colours). Inputs sharing a stem get '<parent folder>_<stem>'. With
---eval, OUT/scores.csv (per image: ours and the rainy input, see helpers/metrics.py). A file that
+--eval, OUT/scores.csv (per image: ours and the rainy input, see helpers/metrics.py) and
+OUT/settings.json (the checkpoint and sampling settings that made them). A file that
 cannot be decoded is reported on one line naming it and skipped; the exit status is 1 if any
 failed, 2 for a bad checkpoint or arguments. `python derain.py --help` lists the options.
 """
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from checkpoint import CheckpointError, export_checkpoint, latest_checkpoint, load_derainer
-from helpers.images import is_image_file, natural_key
+from helpers.images import atomic_path, is_image_file, natural_key
 from helpers.metrics import index_by_stem
 from helpers.errors import PairsError
 from helpers.pairs import read_pairs
@@ -96,7 +98,8 @@ def _parser():
         prog="derain.py", description="Derain images of any size with a trained checkpoint "
         "(all model and sampling settings come from it; a flag overrides one); optionally "
         "score the results.",
-        epilog="Outputs: DIR/<stem>.png (lossless); with --eval also DIR/scores.csv. Exit "
+        epilog="Outputs: DIR/<stem>.png (lossless); with --eval also DIR/scores.csv and "
+               "DIR/settings.json. Exit "
                "status 0 if every input was derained (and scored), 1 if any failed, 2 for a "
                "bad checkpoint or bad arguments.")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
@@ -171,13 +174,17 @@ def _export(p, a):
     return 0
 
 
-def _report_scores(report, n_bad_inputs, out_dir):
-    """Write DIR/scores.csv and print the summary table (ours beside the rainy input)."""
+def _report_scores(report, n_bad_inputs, out_dir, settings):
+    """Write DIR/scores.csv, and beside it DIR/settings.json (the checkpoint and the sampling
+    settings that made the outputs, so that a later comparison can say what it compares), and
+    print the summary table (ours beside the rainy input)."""
     from helpers.metrics import format_summary, write_scores_csv
     summary = report.summary
     summary["n_failed"] += n_bad_inputs + len(report.failed)
     if report.rows:
         write_scores_csv(report.rows, out_dir / "scores.csv")
+        with atomic_path(out_dir / "settings.json") as tmp:
+            Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
     print(format_summary(summary))
     if report.rows:
         print(f"per-image scores: {out_dir / 'scores.csv'}")
@@ -253,7 +260,9 @@ def main(argv=None):
     report = derain_items(derainer, items, out_dir=out_dir, score=a.eval is not None,
                           seed=a.seed, progress=not a.quiet, say=say)
     if a.eval is not None:
-        _report_scores(report, len(failed), out_dir)
+        _report_scores(report, len(failed), out_dir, {
+            "checkpoint": str(a.ckpt), "weights": "raw" if a.no_ema else "ema", "seed": a.seed,
+            "process": derainer.diffusion.name, **s})
     n_failed = len(failed) + len(report.failed)
     not_derained = [m.split(": ")[0] for m in failed] + report.failed
     if not_derained:  # the summary: every file that failed, once more, after the bar

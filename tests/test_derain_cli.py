@@ -90,6 +90,11 @@ def test_pairs_csv_with_eval_scores_ours_and_the_baseline(setup, tmp_path, capsy
                 "input_ssim_y"):
         assert col in rows[0]
     assert all(float(r["psnr_y"]) > 0 and float(r["input_psnr_y"]) > 0 for r in rows)
+    # beside the scores, what made them: the checkpoint and the sampling settings used
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["checkpoint"] == str(setup["fft"]) and settings["weights"] == "ema"
+    assert settings["sample_steps"] == int(FAST[FAST.index("--steps") + 1])
+    assert {"process", "sampler", "eta", "ensemble", "clip_x0", "seed"} <= set(settings)
     # --eval TARGET_DIR pairs a folder's outputs with the targets by file stem
     out2 = tmp_path / "out2"
     code, stdout, _ = _main(["--ckpt", setup["fft"], setup["pairs"] / "input", "--out", out2,

@@ -1,8 +1,10 @@
 """tools/shared_backgrounds.py (evaluation images whose clean background a training image has)
 and tools/paired.py (image-by-image comparison of derain.py's scores, seeds pooled)."""
 import csv
+import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tools import paired, shared_backgrounds
@@ -66,7 +68,7 @@ def test_paired_pools_seeds_per_image_and_leaves_out_what_it_is_told(tmp_path, c
     seen.write_text("z\n")
     assert paired.main([f"{a0}+{a1}", b0, "--labels", "f,p", "--exclude", str(seen)]) == 0
     out = capsys.readouterr().out
-    assert "+1.00" in out and "2/2" in out and "f: 2 images, PSNR-Y 26.00" in out
+    assert "+1.00" in out and "2/2" in out and "f: 2 images, ? sampler step(s), PSNR-Y 26.00" in out
 
 
 def test_paired_refuses_missing_scores(tmp_path, capsys):
@@ -80,3 +82,36 @@ def test_paired_refuses_missing_scores(tmp_path, capsys):
     wrong.write_text("x,y\n1,2\n")
     assert paired.main([a, str(wrong)]) == 1
     assert "wrong.csv" in capsys.readouterr().err
+
+
+def _settings(folder, steps):
+    (folder / "settings.json").write_text(json.dumps({"sample_steps": steps, "eta": 0.0}))
+
+
+def _steps_column(out):
+    """The steps column of the comparison table's rows."""
+    return [line.split()[2] for line in out.splitlines() if line.split()[:1] == ["all"]]
+
+
+def test_paired_labels_the_steps_derain_recorded(tmp_path, capsys):
+    a = _scores(tmp_path / "a", {"x": 30.0, "y": 20.0})
+    b = _scores(tmp_path / "b", {"x": 29.0, "y": 20.5})
+    # no settings.json (outputs from before derain.py wrote it): the steps are unknown, not 1
+    assert paired.main([a, b]) == 0
+    out = capsys.readouterr().out
+    assert _steps_column(out) == ["?"] and "A: 2 images, ? sampler step(s)" in out
+    # derain.py's settings.json gives them; sides of different steps are still compared
+    _settings(tmp_path / "a", 4)
+    _settings(tmp_path / "b", 1)
+    assert paired.main([a, b]) == 0
+    out = capsys.readouterr().out
+    assert _steps_column(out) == ["4"] and "+0.25" in out
+    assert "A: 2 images, 4 sampler step(s)" in out and "B: 2 images, 1 sampler step(s)" in out
+    # --steps labels folders without settings.json, and overrides it
+    assert paired.main([a, b, "--steps", "2"]) == 0
+    assert _steps_column(capsys.readouterr().out) == ["2"]
+    with pytest.raises(SystemExit):
+        paired.main([a, b, "--steps", "0"])
+    (tmp_path / "b" / "settings.json").write_text("{not json")
+    assert paired.main([a, b]) == 1
+    assert "settings.json" in capsys.readouterr().err

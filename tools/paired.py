@@ -9,11 +9,14 @@ study, e.g. on other data sets).
 
 Each side is one or more derain.py output folders (or their scores.csv), joined by '+', one a
 seed. --exclude: a file of image stems to leave out, one a line (what
-`python -m tools.shared_backgrounds` prints). Exits 1 if a scores file is missing or no image
-is scored on both sides.
+`python -m tools.shared_backgrounds` prints). The sampler steps of each side come from the
+settings.json derain.py writes beside scores.csv; for folders from before it did, give
+--steps A[,B], or the table shows '?'. Exits 1 if a scores file is missing or no image is
+scored on both sides.
 """
 import argparse
 import csv
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -21,7 +24,22 @@ from pathlib import Path
 from ablate import COMPARED, compare, print_comparison
 
 
-def read_side(spec, label, set_name, exclude):
+def side_steps(path, given):
+    """The sampler steps that made the scores at `path`: `given` (--steps) if set, else
+    settings.json's beside it, else 0 (unknown)."""
+    if given:
+        return given
+    settings = path.parent / "settings.json"
+    if not settings.is_file():
+        return 0
+    try:
+        return int(json.loads(settings.read_text())["sample_steps"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{settings}: not a settings.json of derain.py --eval ({e!r}); delete "
+                         "it and give --steps") from None
+
+
+def read_side(spec, label, set_name, exclude, steps=0):
     """Rows in ablate.compare's form from the scores.csv of each seed of one side."""
     rows = []
     for seed, part in enumerate(spec.split("+")):
@@ -30,6 +48,7 @@ def read_side(spec, label, set_name, exclude):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no per-image scores; run derain.py with --eval "
                                     "into that folder first")
+        n_steps = side_steps(path, steps)
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             if "name" not in (reader.fieldnames or []) or "psnr_y" not in reader.fieldnames:
@@ -39,7 +58,7 @@ def read_side(spec, label, set_name, exclude):
                 if r["name"] in exclude:
                     continue
                 rows.append({"variant": label, "seed": str(seed), "pairs": "all",
-                             "set": set_name, "sample_steps": "1", "image": r["name"],
+                             "set": set_name, "sample_steps": str(n_steps), "image": r["name"],
                              **{m: r.get(m, "") for m in COMPARED}})
     return rows
 
@@ -52,20 +71,41 @@ def main(argv=None):
     p.add_argument("--set", default="images", dest="set_name", help="the set's name, for the table")
     p.add_argument("--exclude", metavar="FILE", default=None,
                    help="image stems to leave out, one a line")
+    p.add_argument("--steps", default=None, metavar="A[,B]",
+                   help="the sampler steps of each side, for folders without derain.py's "
+                        "settings.json (default: read from it)")
     a = p.parse_args(argv)
     labels = [s.strip() for s in a.labels.split(",")]
     if len(labels) != 2 or not all(labels) or labels[0] == labels[1]:
         p.error("--labels takes two different names: A,B")
     try:
+        steps = [int(x) for x in (a.steps or "0").split(",")]
+    except ValueError:
+        steps = [0, 0, 0]
+    steps = steps * 2 if len(steps) == 1 else steps
+    if len(steps) != 2 or min(steps) < (1 if a.steps else 0):
+        p.error(f"--steps takes one or two positive whole numbers (A or A,B), got {a.steps}")
+    try:
         exclude = set()
         if a.exclude:
             exclude = {line.strip() for line in Path(a.exclude).read_text().splitlines()
                        if line.strip()}
-        rows = (read_side(a.a, labels[0], a.set_name, exclude)
-                + read_side(a.b, labels[1], a.set_name, exclude))
+        rows = (read_side(a.a, labels[0], a.set_name, exclude, steps[0])
+                + read_side(a.b, labels[1], a.set_name, exclude, steps[1]))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    # compare() pairs rows of equal steps; sides sampled with different steps (e.g. 4 against
+    # 1) are compared all the same, under A's steps, and the per-side lines say each one's
+    side_steps_seen = {lab: sorted({int(r["sample_steps"]) for r in rows if r["variant"] == lab})
+                       for lab in labels}
+    if side_steps_seen[labels[0]] != side_steps_seen[labels[1]]:
+        if len(side_steps_seen[labels[0]]) > 1 or len(side_steps_seen[labels[1]]) > 1:
+            print(f"error: the seeds of one side were sampled with different steps "
+                  f"({side_steps_seen}); compare one step count at a time", file=sys.stderr)
+            return 1
+        for r in rows:
+            r["sample_steps"] = str(side_steps_seen[labels[0]][0])
     result = compare(rows, *labels)
     if not result or not result[0]["images"]:
         print(f"error: no image is scored on both sides ({a.a} and {a.b})", file=sys.stderr)
@@ -79,8 +119,9 @@ def main(argv=None):
                 per.setdefault(r["image"], []).append(r)
         means = [statistics.mean(statistics.mean(float(x[m]) for x in per[i]) for i in per)
                  for m in COMPARED]
-        print(f"{label}: {len(per)} images, PSNR-Y {means[0]:.2f} dB, SSIM-Y {means[1]:.4f}, "
-              f"HF-err {means[2]:.3f} dB")
+        n_steps = ", ".join(str(k) if k else "?" for k in side_steps_seen[label])
+        print(f"{label}: {len(per)} images, {n_steps} sampler step(s), PSNR-Y {means[0]:.2f} dB, "
+              f"SSIM-Y {means[1]:.4f}, HF-err {means[2]:.3f} dB")
     print_comparison(result, *labels)
     return 0
 
