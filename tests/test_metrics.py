@@ -354,6 +354,12 @@ def test_error_bands_tool_finds_the_band_a_gap_comes_from(tmp_path, capsys):
     assert error_bands.main([str(t), str(a), str(b), "--labels", "A,B"]) == 0
     out = capsys.readouterr().out
     assert "MSE A" in out and "dB vs A B" in out and "3 images" in out
+    seen = tmp_path / "seen.txt"                           # --exclude leaves listed stems out
+    seen.write_text("0\n\n1\n")
+    assert error_bands.main([str(t), str(a), str(b), "--exclude", str(seen)]) == 0
+    assert "1 images" in capsys.readouterr().out
+    assert error_bands.main([str(t), str(a), str(b), "--exclude", str(tmp_path / "no")]) == 1
+    assert "no" in capsys.readouterr().err
     (b / "2.png").unlink()                                 # a missing output: named, exit 1
     assert error_bands.main([str(t), str(a), str(b)]) == 1
     captured = capsys.readouterr()

@@ -10,8 +10,9 @@ output found by the name derain.py gives it), as for tools/score.py. Only the im
 method has are compared. For a band k, "dB vs A" is PSNR-Y(B) - PSNR-Y(B with band k's error
 replaced by A's), the mean over images: negative where B's error in that band is larger than
 A's, i.e. the dB that band loses B against A. The per-band figures add up to about the paired
-PSNR-Y gap (exactly in MSE, not in dB, as PSNR is a log). Exits 1 if any image failed
-(reported by name on stderr).
+PSNR-Y gap (exactly in MSE, not in dB, as PSNR is a log). --exclude FILE leaves out the image
+stems it lists, one a line (what `python -m tools.shared_backgrounds` prints). Exits 1 if any
+image failed (reported by name on stderr).
 """
 import argparse
 import sys
@@ -21,6 +22,7 @@ import numpy as np
 from helpers.errors import InputError
 from helpers.images import ImageError, read_rgb
 from helpers.metrics import PEAK, SPECTRAL_BANDS, error_by_band, pair_tasks
+from tools.shared_backgrounds import read_stems
 
 
 def band_errors(pred_dir, target, bands):
@@ -89,12 +91,19 @@ def main(argv=None):
     p.add_argument("--bands", type=int, default=SPECTRAL_BANDS,
                    help=f"rings of equal width from 0 to 0.5 cycles/px (default {SPECTRAL_BANDS})")
     p.add_argument("--labels", default=None, help="comma-separated names of the methods")
+    p.add_argument("--exclude", metavar="FILE", default=None,
+                   help="image stems to leave out, one a line")
     args = p.parse_args(argv)
     labels = args.labels.split(",") if args.labels else [f"m{i}" for i in range(len(args.preds))]
     if len(labels) != len(args.preds):
         p.error(f"--labels names {len(labels)} methods but {len(args.preds)} folders are given")
     if args.bands < 1:
         p.error("--bands must be at least 1")
+    try:
+        exclude = read_stems(args.exclude) if args.exclude else set()
+    except OSError as e:
+        print(f"error: --exclude: {e}", file=sys.stderr)
+        return 1
     per_method, failed = [], False
     for d in args.preds:
         try:
@@ -105,7 +114,7 @@ def main(argv=None):
         for m in messages:
             print(f"error: {m}", file=sys.stderr)
         failed |= bool(messages)
-        per_method.append(errs)
+        per_method.append({n: e for n, e in errs.items() if n not in exclude})
     if not set.intersection(*(set(m) for m in per_method)):
         print("error: no image is scored for every method", file=sys.stderr)
         return 1

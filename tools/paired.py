@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ablate import COMPARED, compare, print_comparison
+from tools.shared_backgrounds import read_stems
 
 
 def side_steps(path, given):
@@ -86,10 +87,7 @@ def main(argv=None):
     if len(steps) != 2 or min(steps) < (1 if a.steps else 0):
         p.error(f"--steps takes one or two positive whole numbers (A or A,B), got {a.steps}")
     try:
-        exclude = set()
-        if a.exclude:
-            exclude = {line.strip() for line in Path(a.exclude).read_text().splitlines()
-                       if line.strip()}
+        exclude = read_stems(a.exclude) if a.exclude else set()
         rows = (read_side(a.a, labels[0], a.set_name, exclude, steps[0])
                 + read_side(a.b, labels[1], a.set_name, exclude, steps[1]))
     except (OSError, ValueError) as e:

@@ -65,6 +65,12 @@ def shared(target_dir, train_sources, tolerance=30.0):
     return out
 
 
+def read_stems(path):
+    """The image stems listed in a file, one a line (what main prints on stdout): the set
+    that tools.paired and tools.error_bands --exclude leave out."""
+    return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.shared_backgrounds",
                                 description=__doc__.split("\n\n")[0])
