@@ -246,3 +246,29 @@ def test_bench_sampling_reports_every_setting(setup, tmp_path):
     assert all(r["images"] == 3 and r["seconds_per_image"] > 0 and np.isfinite(r["psnr_y"])
                for r in rows)
     assert bench_sampling.main(["--ckpt", str(setup["csv"]), "--csv", str(setup["csv"])]) == 2
+
+
+def test_cond_clip_tool_counts_what_the_clip_bounds(setup, tmp_path, capsys):
+    """tools.cond_clip: next to none of the training-like images' condition is clipped; an image
+    whose spectrum is far outside the statistics' range (a full-contrast checkerboard) is."""
+    from tools import cond_clip
+    from representations.base import COND_CLIP
+    odd = tmp_path / "odd"
+    board = (np.indices((24, 28)).sum(0) % 2 * 255).astype(np.uint8)
+    _save(odd / "x.png", (24, 28))
+    Image.fromarray(np.stack([board] * 3, -1)).save(odd / "board.png")
+    assert cond_clip.main(["--ckpt", str(setup["fft"]), str(setup["pairs"] / "input")]) == 0
+    out = capsys.readouterr().out
+    assert "3 images" in out
+    share = float(out.split(" % of condition values")[0].split(", ")[-1])
+    assert share < 1.0
+    derainer, _ = derain.load_derainer(setup["fft"])
+    mags = cond_clip.condition_magnitudes(derainer.rep, np.stack([board] * 3, -1))
+    n, mean, worst, peak, errors = cond_clip.count_folder(derainer.rep, odd, 10)
+    assert n == 2 and not errors and peak == pytest.approx(mags.max().item())
+    assert worst == pytest.approx((mags > COND_CLIP).float().mean().item()) and worst > share / 100
+    (odd / "bad.png").write_bytes(b"not an image")          # named on stderr, exit 1
+    assert cond_clip.main(["--ckpt", str(setup["fft"]), str(odd)]) == 1
+    assert "bad.png" in capsys.readouterr().err
+    assert cond_clip.main(["--ckpt", str(setup["pixel"]), str(odd)]) == 0
+    assert "does not apply" in capsys.readouterr().out
