@@ -578,15 +578,41 @@ def print_comparison(rows, a, b):
               f"{r['wins']}/{r['images']}")
 
 
+def curve_points(spec):
+    """--curve's argument -> [(minutes or None, source)]: each item STUDY:MINUTES (a study
+    folder), or a .csv file of results rows with a `minutes` column (None: the rows say)."""
+    points = []
+    for item in spec.split(","):
+        if item.endswith(".csv"):
+            points.append((None, item))
+            continue
+        study, minutes = item.rsplit(":", 1)
+        points.append((float(minutes), study))
+    return points
+
+
 def learning_curve(points, variants, sample_steps):
     """[(minutes, study dir)] -> {(variant, set): [(minutes, mean PSNR-Y, min, max, mean SSIM-Y,
     mean HF-err, seeds)]} from each study's results.csv, at `sample_steps` (the full sets).
     Studies of the same minutes pool their rows (a variant's seeds trained side by side in
-    studies of their own)."""
+    studies of their own). A point (None, FILE.csv) reads results rows whose `minutes` column
+    gives each one's budget (e.g. docs/learning_curve_points.csv: rows transcribed from STUDY.md
+    where a study's folder is gone). A study without results.csv raises FileNotFoundError: a
+    curve silently missing its points would mislead. Empty SSIM-Y or HF-err cells (numbers the
+    record does not give per seed) are left out of their means."""
     import numpy as np
     pooled = {}
-    for minutes, study in points:
-        pooled.setdefault(float(minutes), []).extend(read_results(Path(study) / "results.csv"))
+    for minutes, source in points:
+        path = Path(source) if minutes is None else Path(source) / "results.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no results for the learning curve (a study folder "
+                                    "holds results.csv once it has evaluated)")
+        for r in read_results(path):
+            if minutes is None and not r.get("minutes"):
+                raise ValueError(f"{path}: a row without minutes ({r.get('variant')}, seed "
+                                 f"{r.get('seed')})")
+            pooled.setdefault(float(minutes if minutes is not None else r["minutes"]),
+                              []).append(r)
     out = {}
     for minutes in sorted(pooled):
         rows = [r for r in pooled[minutes]
@@ -597,10 +623,11 @@ def learning_curve(points, variants, sample_steps):
                 continue
             for s in SETS:
                 p = [float(r[f"{s}_psnr_y"]) for r in mine]
+                ssim = [float(r[f"{s}_ssim_y"]) for r in mine if r.get(f"{s}_ssim_y")]
                 hf = [float(r[f"{s}_hf_err_db"]) for r in mine if r.get(f"{s}_hf_err_db")]
                 out.setdefault((v, s), []).append(
                     (minutes, float(np.mean(p)), min(p), max(p),
-                     float(np.mean([float(r[f"{s}_ssim_y"]) for r in mine])),
+                     float(np.mean(ssim)) if ssim else float("nan"),
                      float(np.mean(hf)) if hf else float("nan"), len(mine)))
     return out
 
@@ -738,7 +765,8 @@ def main(argv=None):
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
     ap.add_argument("--curve", metavar="STUDY:MIN,...", default="",
                     help="the learning curve of --variants over studies trained for different "
-                         "--minutes (each STUDY:MINUTES), at the first --eval-steps: a table and "
+                         "--minutes (each STUDY:MINUTES, or a FILE.csv of results rows with a "
+                         "minutes column), at the first --eval-steps: a table and "
                          "STUDY/learning_curve.png (in --study); nothing is trained")
     ap.add_argument("--calibration", metavar="FILE", default="",
                     help="seconds per step from FILE, another machine's calibration.json (e.g. "
@@ -774,13 +802,20 @@ def main(argv=None):
         return 0
     if args.curve:
         try:
-            points = [(float(m), st) for st, m in (item.rsplit(":", 1)
-                                                   for item in args.curve.split(","))]
+            points = curve_points(args.curve)
         except ValueError:
-            ap.error("--curve takes STUDY:MINUTES,STUDY:MINUTES,...")
+            ap.error("--curve takes STUDY:MINUTES,STUDY:MINUTES,... (or FILE.csv with a minutes "
+                     "column)")
         names = [v.strip() for v in args.variants.split(",") if v.strip()]
         steps = int(args.eval_steps.split(",")[0])
-        curve = learning_curve(points, names, steps)
+        try:
+            curve = learning_curve(points, names, steps)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except KeyError as e:
+            print(f"error: a results row for the curve lacks the column {e}", file=sys.stderr)
+            return 1
         if not curve:
             print("no rows of these variants in these studies", file=sys.stderr)
             return 1

@@ -236,6 +236,26 @@ def test_the_learning_curve_reads_studies_of_different_budgets(tmp_path, capsys)
     curve = ablate.learning_curve([(35.0, b), (10.0, a), (35.0, c)], ["x"], 1)
     assert curve[("x", "Rain100L")][1] == (35.0, 31.0, 30.0, 32.0, 0.9, 1.5, 3)
     assert (out / "learning_curve.png").stat().st_size > 10000
+    # a CSV of rows transcribed from the record, each with its minutes; an SSIM-Y the record
+    # does not give per seed is left empty and out of the mean, not read as 0
+    table = tmp_path / "points.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["minutes", "variant", "seed", "sample_steps",
+                                          *row("x", 0, 0, 0)])
+        w.writeheader()
+        w.writerow({"minutes": "10", "sample_steps": "1", **row("x", 5, 26.0, 19.0)})
+        w.writerow({"minutes": "120", "sample_steps": "1", **row("x", 5, 33.0, 25.0),
+                    "Rain100L_ssim_y": ""})
+        w.writerow({"minutes": "120", "sample_steps": "1", **row("x", 6, 34.0, 26.0),
+                    "Rain100L_ssim_y": "0.95"})
+    curve = ablate.learning_curve(ablate.curve_points(f"{b}:35,{a}:10,{table}"), ["x"], 1)
+    assert curve[("x", "Rain100L")] == [(10.0, 27.0, 26.0, 28.0, 0.9, 1.5, 2),
+                                        (35.0, 30.5, 30.0, 31.0, 0.9, 1.5, 2),
+                                        (120.0, 33.5, 33.0, 34.0, 0.95, 1.5, 2)]
+    # a study that is gone is named, not drawn without its points
+    assert ablate.main(["--study", str(out), "--curve", f"{a}:10,{tmp_path / 'gone'}:35",
+                        "--variants", "x"]) == 1
+    assert "gone" in capsys.readouterr().err
 
 
 def test_a_reference_calibration_sets_the_step_counts_without_timing(shared_data, tmp_path,
