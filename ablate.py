@@ -824,8 +824,10 @@ def main(argv=None):
               f"{'range':>13s} {'SSIM-Y':>7s} {'HF-err':>7s}")
         for (v, s), pts in curve.items():
             for m, mean, lo, hi, ssim, hf, n in pts:
+                ssim_s = "-" if ssim != ssim else f"{ssim:.4f}"  # nan: not recorded per seed
+                hf_s = "-" if hf != hf else f"{hf:.2f}"
                 print(f"{v:{w}s} {s:9s} {m:7g} {n:5d} {mean:7.2f} {lo:6.2f}-{hi:6.2f} "
-                      f"{ssim:7.4f} {hf:7.2f}")
+                      f"{ssim_s:>7s} {hf_s:>7s}")
         curve_chart(curve, Path(args.study) / "learning_curve.png", steps)
         print(f"chart: {Path(args.study) / 'learning_curve.png'}")
         return 0
