@@ -539,7 +539,7 @@ def compare(scores, a, b):
     def order(k):  # full rows first, then the sets in SETS order, then sampler steps
         pairs, set_name, steps = k
         set_rank = SETS.index(set_name) if set_name in SETS else len(SETS)
-        return pairs != "all", pairs, set_rank, steps
+        return pairs != "all", pairs, set_rank, set_name == "pooled", set_name, steps
 
     (sa, seeds_a), (sb, seeds_b) = per_image(a), per_image(b)
     out = []
@@ -566,12 +566,13 @@ def print_comparison(rows, a, b):
         print(f"no images scored for both {a} and {b} (scores.csv)")
         return
     print(f"{a} - {b}, paired over the same images (each image: the mean over a variant's seeds)")
-    print(f"{'pairs':>5s} {'set':9s} {'steps':>5s} {'images':>6s} {'seeds':>5s}  "
+    w = max(9, *(len(r["set"]) for r in rows))
+    print(f"{'pairs':>5s} {'set':{w}s} {'steps':>5s} {'images':>6s} {'seeds':>5s}  "
           f"{'PSNR-Y diff (dB)':>18s}  {'SSIM-Y diff':>17s}  {'HF-err diff (dB)':>17s}  "
           f"{a} wins")
     for r in rows:
         steps = str(r["sample_steps"]) if r["sample_steps"] else "?"  # 0: not recorded
-        print(f"{r['pairs']:>5s} {r['set']:9s} {steps:>5s} {r['images']:6d} "
+        print(f"{r['pairs']:>5s} {r['set']:{w}s} {steps:>5s} {r['images']:6d} "
               f"{r['seeds_a']:>2d}/{r['seeds_b']:<2d}  {r['psnr_y_diff']:+8.2f} +- "
               f"{r['psnr_y_se']:5.2f}  {r['ssim_y_diff']:+7.4f} +- {r['ssim_y_se']:.4f}  "
               f"{r['hf_err_db_diff']:+7.2f} +- {r['hf_err_db_se']:5.2f}  "

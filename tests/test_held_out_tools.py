@@ -115,3 +115,23 @@ def test_paired_labels_the_steps_derain_recorded(tmp_path, capsys):
     (tmp_path / "b" / "settings.json").write_text("{not json")
     assert paired.main([a, b]) == 1
     assert "settings.json" in capsys.readouterr().err
+
+
+def test_paired_pools_several_sets(tmp_path, capsys):
+    # two sets that share an image name: pooled, each counts once, with its own set's scores
+    _scores(tmp_path / "s1" / "a", {"x": 30.0, "y": 20.0})
+    _scores(tmp_path / "s1" / "b", {"x": 29.0, "y": 19.0})
+    _scores(tmp_path / "s2" / "a", {"x": 25.0, "z": 10.0})
+    _scores(tmp_path / "s2" / "b", {"x": 27.0, "z": 10.0})
+    (tmp_path / "seen_s2.txt").write_text("z\n")
+    (tmp_path / "seen_s1.txt").write_text("")
+    args = [str(tmp_path / "{set}" / "a"), str(tmp_path / "{set}" / "b"), "--sets", "s1,s2",
+            "--exclude", str(tmp_path / "seen_{set}.txt"), "--steps", "1"]
+    assert paired.main(args) == 0
+    rows = {line.split()[1]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.split()[:1] == ["all"]}
+    assert set(rows) == {"s1", "s2", "pooled"}
+    assert rows["s1"][5] == "+1.00" and rows["s2"][5] == "-2.00"  # z left out of s2
+    assert rows["pooled"][3] == "3" and rows["pooled"][5] == "+0.00" and rows["pooled"][-1] == "2/3"
+    with pytest.raises(SystemExit):  # --sets without '{set}' in the sides
+        paired.main([str(tmp_path / "s1" / "a"), str(tmp_path / "s1" / "b"), "--sets", "s1"])

@@ -6,10 +6,14 @@ study, e.g. on other data sets).
 
     python -m tools.paired OUT_A_SEED0+OUT_A_SEED1 OUT_B_SEED0+OUT_B_SEED1 [--exclude seen.txt]
     python -m tools.paired out/fourier/scores.csv out/pixels/scores.csv --labels fourier,pixels
+    python -m tools.paired 'out/{set}/f0+out/{set}/f1' 'out/{set}/p0+out/{set}/p1' \
+        --sets SIRR19,JORDERE_small_test --exclude 'seen_{set}.txt'
 
 Each side is one or more derain.py output folders (or their scores.csv), joined by '+', one a
 seed. --exclude: a file of image stems to leave out, one a line (what
-`python -m tools.shared_backgrounds` prints). The sampler steps of each side come from the
+`python -m tools.shared_backgrounds` prints). --sets S1,S2: the same comparison on several sets,
+'{set}' in A, B and --exclude standing for each, and pooled over all their images (each image
+once, its set's difference). The sampler steps of each side come from the
 settings.json derain.py writes beside scores.csv; for folders from before it did, give
 --steps A[,B], or the table shows '?'. Exits 1 if a scores file is missing or no image is
 scored on both sides.
@@ -72,6 +76,9 @@ def main(argv=None):
     p.add_argument("--set", default="images", dest="set_name", help="the set's name, for the table")
     p.add_argument("--exclude", metavar="FILE", default=None,
                    help="image stems to leave out, one a line")
+    p.add_argument("--sets", default=None, metavar="S1,S2,...",
+                   help="several sets at once: '{set}' in A, B and --exclude stands for each; "
+                        "a row per set and a row 'pooled' over all their images")
     p.add_argument("--steps", default=None, metavar="A[,B]",
                    help="the sampler steps of each side, for folders without derain.py's "
                         "settings.json (default: read from it)")
@@ -86,13 +93,24 @@ def main(argv=None):
     steps = steps * 2 if len(steps) == 1 else steps
     if len(steps) != 2 or min(steps) < (1 if a.steps else 0):
         p.error(f"--steps takes one or two positive whole numbers (A or A,B), got {a.steps}")
+    sets = [x.strip() for x in a.sets.split(",") if x.strip()] if a.sets else []
+    if sets and not ("{set}" in a.a and "{set}" in a.b):
+        p.error("--sets needs '{set}' in A and B (e.g. out/{set}/fourier), to stand for each set")
+    rows, pooled = [], []
     try:
-        exclude = read_stems(a.exclude) if a.exclude else set()
-        rows = (read_side(a.a, labels[0], a.set_name, exclude, steps[0])
-                + read_side(a.b, labels[1], a.set_name, exclude, steps[1]))
+        for name in sets or [a.set_name]:
+            sub = (lambda text: text.replace("{set}", name)) if sets else (lambda text: text)
+            exclude = read_stems(sub(a.exclude)) if a.exclude else set()
+            part = (read_side(sub(a.a), labels[0], name, exclude, steps[0])
+                    + read_side(sub(a.b), labels[1], name, exclude, steps[1]))
+            rows += part
+            pooled += [{**r, "set": "pooled", "image": f"{name}/{r['image']}"} for r in part]
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if sets:  # the pooled row, and the per-side means below, over every set's images
+        rows += pooled
+    summary_rows = pooled if sets else rows
     # compare() pairs rows of equal steps; sides sampled with different steps (e.g. 4 against
     # 1) are compared all the same, under A's steps, and the per-side lines say each one's
     side_steps_seen = {lab: sorted({int(r["sample_steps"]) for r in rows if r["variant"] == lab})
@@ -102,17 +120,17 @@ def main(argv=None):
             print(f"error: the seeds of one side were sampled with different steps "
                   f"({side_steps_seen}); compare one step count at a time", file=sys.stderr)
             return 1
-        for r in rows:
+        for r in rows + pooled:
             r["sample_steps"] = str(side_steps_seen[labels[0]][0])
     result = compare(rows, *labels)
     if not result or not result[0]["images"]:
         print(f"error: no image is scored on both sides ({a.a} and {a.b})", file=sys.stderr)
         return 1
-    common = {r["image"] for r in rows if r["variant"] == labels[0]} & \
-        {r["image"] for r in rows if r["variant"] == labels[1]}
+    common = {r["image"] for r in summary_rows if r["variant"] == labels[0]} & \
+        {r["image"] for r in summary_rows if r["variant"] == labels[1]}
     for label in labels:
         per = {}
-        for r in rows:
+        for r in summary_rows:
             if r["variant"] == label and r["image"] in common:
                 per.setdefault(r["image"], []).append(r)
         means = [statistics.mean(statistics.mean(float(x[m]) for x in per[i]) for i in per)
