@@ -247,10 +247,17 @@ class FourierRepresentation(Representation):
         return {"rain": self.to_channels(r), "diff": self.diff_channels(c, r),
                 "clean": self.to_channels(c)}
 
+    def condition(self, rain_spec, clip=True):
+        """The network's condition from the rainy windows' coefficients: their channels,
+        normalised by the statistics and, unless clip is False, bounded at +-COND_CLIP
+        (tools.cond_clip counts what the bound removes)."""
+        cond = self.to_channels(rain_spec)
+        cond = P.normalize(cond, *self._range(cond, "cond"))
+        return P.clip(cond, COND_CLIP) if clip else cond
+
     def encode(self, clean, rain):
         rain_spec = self.transform(rain)
-        cond = self.to_channels(rain_spec)
-        cond = P.clip(P.normalize(cond, *self._range(cond, "cond")), COND_CLIP)
+        cond = self.condition(rain_spec)
         if clean is None:
             return None, cond
         clean_spec = self.transform(clean)

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from checkpoint import CheckpointError, load_derainer
-from helpers import process as P
 from helpers.images import ImageError, is_image_file, natural_key, read_rgb
 from helpers.tiling import OVERLAP, pad_to, window_boxes
 from representations.base import COND_CLIP, FourierRepresentation
@@ -29,8 +28,7 @@ def condition_magnitudes(rep, rgb):
     t = torch.from_numpy(np.ascontiguousarray(image))
     boxes = window_boxes(t.shape[1], t.shape[2], rep.crop, OVERLAP)
     windows = torch.stack([t[:, y:y + rep.crop, x:x + rep.crop] for y, x in boxes])
-    cond = rep.to_channels(rep.transform(windows))
-    return P.normalize(cond, *rep._range(cond, "cond")).abs()
+    return rep.condition(rep.transform(windows), clip=False).abs()
 
 
 def count_folder(rep, folder, max_images):
