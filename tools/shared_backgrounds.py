@@ -14,7 +14,6 @@ leave out; `python -m tools.paired --exclude` reads the list) and, on stderr, wh
 Exits 1 if an image cannot be read.
 """
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image
 from helpers.errors import InputError
 from helpers.images import read_rgb
 from helpers.metrics import index_by_stem
+from helpers.pairs import read_pairs
 
 FINGERPRINT = (96, 64)
 
@@ -37,16 +37,12 @@ def fingerprint(path):
 
 
 def clean_paths(source):
-    """The clean images of a folder (by name) or of a pairs CSV (its image_filepath column)."""
+    """The clean images of a folder (by name) or of a pairs CSV (helpers.pairs.read_pairs:
+    its clean column, relative paths taken from the CSV's folder)."""
     source = Path(source)
     if source.is_dir():
         return sorted(index_by_stem(source)[0].values())
-    with open(source, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "image_filepath" not in rows[0]:
-        raise InputError(f"{source}: not a pairs CSV (no image_filepath column); give a folder "
-                         "of clean images or a CSV written by preprocess_csv.py")
-    return [r["image_filepath"] for r in rows]
+    return [clean for clean, _ in read_pairs(source)]
 
 
 def shared(target_dir, train_sources, tolerance=30.0):
