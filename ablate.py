@@ -294,7 +294,7 @@ VARIANTS = {
 LEVERS = ["--representation", "realimag", "--signed-log", "true", "--norm", "perfreq_std",
           "--network", "unet", "--process", "diffusion", "--prediction", "v", "--loss", "model",
           "--crop", "64", "--batch-size", "16", "--freq-schedule", "0", "--coupled", "false",
-          "--sample-steps", "2", "--bridge-end", "0", "--bridge-param", "x0",
+          "--bridge-end", "0", "--bridge-param", "x0",
           "--bridge-states", "clean", "--bridge-noise", "0.1", "--clip-x0", "5", "--block", "8",
           "--grad-clip", "1.0", "--psnr-floor", "1e-6"]
 BASE = ["--preset", "rain100", "--minutes", "0", "--eval-every", "0", "--eval-points", "0",
@@ -316,7 +316,12 @@ CALIBRATION_STEPS = (20, 120)  # the step time is measured between these steps (
 def run_training(args, study, variant, seed, extra, log):
     """ddpm_conditional.py for one variant and seed; returns the run directory."""
     run_dir = study / variant / f"seed{seed}"
-    cmd = [sys.executable, str(REPO / "ddpm_conditional.py"), *BASE, *VARIANTS[variant]["flags"],
+    # the checkpoint's sample_steps (what derain.py samples with unless given --steps) is the
+    # study's first --eval-steps, the row its tables lead with (it used to be a pinned 2, so a
+    # study checkpoint derained at 2 steps while the tables quoted 1)
+    first_steps = args.eval_steps.split(",")[0]
+    cmd = [sys.executable, str(REPO / "ddpm_conditional.py"), *BASE, "--sample-steps", first_steps,
+           *VARIANTS[variant]["flags"],
            "--seed", str(seed), "--run-dir", str(run_dir), "--threads", str(args.threads),
            "--data-root", args.data_root, "--device", str(args.device), *extra]
     if (run_dir / "config.json").exists():
@@ -401,7 +406,12 @@ def time_steps(args, study, variant, log):
     if cal_dir.exists():
         import shutil
         shutil.rmtree(cal_dir)
-    cmd = [sys.executable, str(REPO / "ddpm_conditional.py"), *BASE, *VARIANTS[variant]["flags"],
+    # the checkpoint's sample_steps (what derain.py samples with unless given --steps) is the
+    # study's first --eval-steps, the row its tables lead with (it used to be a pinned 2, so a
+    # study checkpoint derained at 2 steps while the tables quoted 1)
+    first_steps = args.eval_steps.split(",")[0]
+    cmd = [sys.executable, str(REPO / "ddpm_conditional.py"), *BASE, "--sample-steps", first_steps,
+           *VARIANTS[variant]["flags"],
            "--run-dir", str(cal_dir), "--max-steps", str(b), "--log-every", "1",
            "--ckpt-every", "0", "--threads", str(args.threads), "--data-root", args.data_root,
            "--device", str(args.device)]

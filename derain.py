@@ -252,9 +252,13 @@ def main(argv=None):
     except OSError as e:
         print(f"error: {out_dir}: cannot create the output folder ({e})", file=sys.stderr)
         return 2
+    # the step count is the checkpoint's unless --steps is given: say so, since a study's
+    # checkpoint may carry another count than the one its table quotes
+    steps_from = " (steps: the checkpoint's; --steps N to change)" \
+        if a.steps is None and derainer.diffusion.name != "regression" else ""
     print(f"{a.ckpt}: {derainer.rep.name} ({derainer.rep.domain} domain), window "
           f"{derainer.rep.crop} px, {'raw' if a.no_ema else 'EMA'} weights on {device}; "
-          f"{sampler_text(derainer.diffusion.name, s)}, guidance {s['guidance']}, "
+          f"{sampler_text(derainer.diffusion.name, s)}{steps_from}, guidance {s['guidance']}, "
           f"clip_x0 {s['clip_x0']}, ensemble {s['ensemble']}, seed {a.seed}", file=sys.stderr)
 
     report = derain_items(derainer, items, out_dir=out_dir, score=a.eval is not None,

@@ -77,6 +77,17 @@ def test_folder_of_mixed_sizes_and_shared_stems(setup, tmp_path, capsys):
             assert np.asarray(img).dtype == np.uint8
 
 
+def test_start_up_line_says_whose_step_count_it_is(setup, tmp_path, capsys):
+    """Without --steps the sampler takes the checkpoint's count, and the line says so (a study's
+    checkpoint may carry another count than the one its table quotes)."""
+    img = _save(tmp_path / "in" / "a.png", (12, 14))
+    code, _, err = _main(["--ckpt", setup["fft"], img, "--out", tmp_path / "o1", "--quiet"],
+                         capsys)
+    assert code == 0 and "1 step, eta 0.0 (steps: the checkpoint's; --steps N to change)" in err
+    code, _, err = _main(["--ckpt", setup["fft"], img, "--out", tmp_path / "o2", *FAST], capsys)
+    assert code == 0 and "2 steps, eta 0.0, guidance" in err and "the checkpoint's" not in err
+
+
 def test_pairs_csv_with_eval_scores_ours_and_the_baseline(setup, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, _ = _main(["--ckpt", setup["fft"], setup["csv"], "--out", out, "--eval",
