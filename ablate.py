@@ -527,36 +527,48 @@ def _formatted(row):
     return {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}
 
 
-def compare(scores, a, b):
-    """Paired comparison of variants a and b on the images both were scored on -> one dict per
-    (pairs, set, sampler steps): n images, seeds of each, the mean difference a - b of PSNR-Y
-    and SSIM-Y with its standard error over the images, and the images a wins on PSNR-Y."""
-    import numpy as np
+def per_image_scores(scores, variant, match_steps=True):
+    """One variant's score rows -> ({(pairs, set, steps): {image: {metric: [one value a seed]}}},
+    {key: seeds}, {key: sampler steps seen}). With match_steps False the key's steps are 0, so
+    outputs of different step counts (e.g. 4 steps against 1) pair all the same."""
+    acc, seeds, steps = {}, {}, {}
+    for r in scores:
+        if r["variant"] != variant:
+            continue
+        n = int(r["sample_steps"] or 0)
+        k = (r["pairs"], r["set"], n if match_steps else 0)
+        seeds.setdefault(k, set()).add(r["seed"])
+        steps.setdefault(k, set()).add(n)
+        for m in COMPARED:
+            if r.get(m) not in (None, ""):  # rows from before a metric existed lack it
+                acc.setdefault(k, {}).setdefault(r["image"], {}).setdefault(m, []).append(
+                    float(r[m]))
+    return acc, seeds, steps
 
-    def per_image(variant):  # (pairs, set, steps) -> image -> metric -> the mean over seeds
-        acc, seeds = {}, {}
-        for r in scores:
-            if r["variant"] != variant:
-                continue
-            k = (r["pairs"], r["set"], int(r["sample_steps"]))
-            seeds.setdefault(k, set()).add(r["seed"])
-            for m in COMPARED:
-                if r.get(m) not in (None, ""):  # rows from before a metric existed lack it
-                    acc.setdefault(k, {}).setdefault(r["image"], {}).setdefault(m, []).append(
-                        float(r[m]))
-        return acc, seeds
+
+def compare(scores, a, b, match_steps=True):
+    """Paired comparison of variants a and b on the images both were scored on -> one dict per
+    (pairs, set, sampler steps): n images, seeds of each, the mean difference a - b of PSNR-Y,
+    SSIM-Y and HF-err with its standard error over the images, and the images a wins on PSNR-Y.
+    match_steps False pairs each (pairs, set) whatever the step counts; the row then gives a's
+    steps in sample_steps and b's in sample_steps_b (0 where a side mixes counts)."""
+    import numpy as np
 
     def order(k):  # full rows first, then the sets in SETS order, then sampler steps
         pairs, set_name, steps = k
         set_rank = SETS.index(set_name) if set_name in SETS else len(SETS)
         return pairs != "all", pairs, set_rank, set_name == "pooled", set_name, steps
 
-    (sa, seeds_a), (sb, seeds_b) = per_image(a), per_image(b)
+    (sa, seeds_a, steps_a), (sb, seeds_b, steps_b) = (per_image_scores(scores, v, match_steps)
+                                                      for v in (a, b))
     out = []
     for k in sorted(set(sa) & set(sb), key=order):
         names = sorted(set(sa[k]) & set(sb[k]))
-        row = {"pairs": k[0], "set": k[1], "sample_steps": k[2], "images": len(names),
-               "seeds_a": len(seeds_a[k]), "seeds_b": len(seeds_b[k])}
+        one = lambda seen: next(iter(seen)) if len(seen) == 1 else 0  # noqa: E731
+        row = {"pairs": k[0], "set": k[1], "sample_steps": k[2] or one(steps_a[k]),
+               "images": len(names), "seeds_a": len(seeds_a[k]), "seeds_b": len(seeds_b[k])}
+        if not match_steps:
+            row["sample_steps_b"] = one(steps_b[k])
         for m in COMPARED:
             d = np.array([np.mean(sa[k][i][m]) - np.mean(sb[k][i][m]) for i in names
                           if m in sa[k][i] and m in sb[k][i]])
@@ -581,7 +593,9 @@ def print_comparison(rows, a, b):
           f"{'PSNR-Y diff (dB)':>18s}  {'SSIM-Y diff':>17s}  {'HF-err diff (dB)':>17s}  "
           f"{a} wins")
     for r in rows:
-        steps = str(r["sample_steps"]) if r["sample_steps"] else "?"  # 0: not recorded
+        steps = str(r["sample_steps"] or "?")  # 0: not recorded
+        if r.get("sample_steps_b", r["sample_steps"]) != r["sample_steps"]:  # a's/b's
+            steps += f"/{r['sample_steps_b'] or '?'}"
         print(f"{r['pairs']:>5s} {r['set']:{w}s} {steps:>5s} {r['images']:6d} "
               f"{r['seeds_a']:>2d}/{r['seeds_b']:<2d}  {r['psnr_y_diff']:+8.2f} +- "
               f"{r['psnr_y_se']:5.2f}  {r['ssim_y_diff']:+7.4f} +- {r['ssim_y_se']:.4f}  "

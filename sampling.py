@@ -27,7 +27,8 @@ from helpers.images import (ImageError, output_names, read_picture, read_rgb, to
 from helpers.metrics import BASELINE_PREFIX, score_pair, summarize
 from helpers.pairs import read_pairs
 from helpers.seeding import SampleGenerators, hash_seed
-from helpers.tiling import OVERLAP, count_windows, pad_to, window_boxes, window_weight
+from helpers.tiling import (OVERLAP, count_windows, cut_windows, pad_to, window_boxes,
+                            window_weight)
 
 # The sampling settings a checkpoint's config holds (defaults in ddpm_conditional.launch()).
 SAMPLE_KEYS = ("sampler", "sample_steps", "eta", "guidance", "clip_x0", "ensemble", "sample_batch",
@@ -165,8 +166,7 @@ class Derainer:
         return norm
 
     def _windows(self, image, boxes):
-        crop = self.rep.crop
-        return torch.stack([image[:, y:y + crop, x:x + crop] for y, x in boxes])
+        return cut_windows(image, boxes, self.rep.crop)
 
     def _independent(self, image, boxes, base, progress):
         s = self.settings

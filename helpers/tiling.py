@@ -2,7 +2,8 @@
 
 The statistics (representations/statistics.py) tile with overlap 0, the training data pads small
 images the same way, and deraining (sampling.py) tiles with OVERLAP and blends with
-window_weight. Images here are (3, H, W) NumPy arrays; nothing here knows about models.
+window_weight. Images here are (3, H, W) NumPy arrays (cut_windows also takes a tensor);
+nothing here knows about models.
 """
 import math
 
@@ -25,6 +26,16 @@ def window_starts(length, crop, overlap=0.0):
 def window_boxes(h, w, crop, overlap=0.0):
     """(y, x) of every window of an h x w image, row by row."""
     return [(y, x) for y in window_starts(h, crop, overlap) for x in window_starts(w, crop, overlap)]
+
+
+def cut_windows(image, boxes, crop):
+    """The (N, C, crop, crop) stack of a (C, H, W) image's windows at `boxes` (window_boxes):
+    a NumPy array for an array, a tensor on the image's device for a tensor."""
+    parts = [image[:, y:y + crop, x:x + crop] for y, x in boxes]
+    if isinstance(image, np.ndarray):
+        return np.stack(parts)
+    import torch
+    return torch.stack(parts)
 
 
 def pad_to(img, crop):

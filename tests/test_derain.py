@@ -184,3 +184,17 @@ def test_ensemble_is_the_mean_of_its_samples():
     assert np.max(np.abs(single - one)) > 1e-4  # the noise does reach the output
     assert np.max(np.abs(mean4 - single)) > 1e-4
     assert np.mean((mean4 - one) ** 2) < np.mean((single - one) ** 2)
+
+
+def test_cut_windows_gives_the_same_stack_from_an_array_and_a_tensor():
+    """The one window cutter (Derainer and tools.cond_clip): windows at window_boxes, the last
+    flush with the far edges, the same values whether the image is NumPy or torch."""
+    from helpers.tiling import cut_windows, window_boxes
+    img = np.arange(3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7)
+    boxes = window_boxes(5, 7, 4, OVERLAP)
+    a = cut_windows(img, boxes, 4)
+    t = cut_windows(torch.from_numpy(img), boxes, 4)
+    assert isinstance(a, np.ndarray) and a.shape == (len(boxes), 3, 4, 4)
+    assert torch.equal(t, torch.from_numpy(a))
+    y, x = boxes[-1]
+    assert (y + 4, x + 4) == (5, 7) and np.array_equal(a[-1], img[:, 1:, 3:])

@@ -105,8 +105,13 @@ def test_paired_labels_the_steps_derain_recorded(tmp_path, capsys):
     _settings(tmp_path / "b", 1)
     assert paired.main([a, b]) == 0
     out = capsys.readouterr().out
-    assert _steps_column(out) == ["4"] and "+0.25" in out
+    assert _steps_column(out) == ["4/1"] and "+0.25" in out  # A's steps / B's
     assert "A: 2 images, 4 sampler step(s)" in out and "B: 2 images, 1 sampler step(s)" in out
+    # one side's seeds at different steps would average unlike things: refused
+    a2 = _scores(tmp_path / "a2", {"x": 30.0, "y": 20.0})
+    _settings(tmp_path / "a2", 1)
+    assert paired.main([f"{a}+{a2}", b]) == 1
+    assert "different steps ([1, 4])" in capsys.readouterr().err
     # --steps labels folders without settings.json, and overrides it
     assert paired.main([a, b, "--steps", "2"]) == 0
     assert _steps_column(capsys.readouterr().out) == ["2"]

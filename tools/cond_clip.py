@@ -18,7 +18,7 @@ import torch
 
 from checkpoint import CheckpointError, load_derainer
 from helpers.images import ImageError, is_image_file, natural_key, read_rgb
-from helpers.tiling import OVERLAP, pad_to, window_boxes
+from helpers.tiling import OVERLAP, cut_windows, pad_to, window_boxes
 from representations.base import COND_CLIP, FourierRepresentation
 
 
@@ -27,7 +27,7 @@ def condition_magnitudes(rep, rgb):
     image = pad_to(rgb.transpose(2, 0, 1).astype(np.float32) / 255.0, rep.crop)
     t = torch.from_numpy(np.ascontiguousarray(image))
     boxes = window_boxes(t.shape[1], t.shape[2], rep.crop, OVERLAP)
-    windows = torch.stack([t[:, y:y + rep.crop, x:x + rep.crop] for y, x in boxes])
+    windows = cut_windows(t, boxes, rep.crop)
     return rep.condition(rep.transform(windows), clip=False).abs()
 
 

@@ -25,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from ablate import COMPARED, compare, print_comparison
+from ablate import COMPARED, compare, per_image_scores, print_comparison
 from tools.shared_backgrounds import read_stems
 
 
@@ -110,34 +110,29 @@ def main(argv=None):
         return 1
     if sets:  # the pooled row, and the per-side means below, over every set's images
         rows += pooled
-    summary_rows = pooled if sets else rows
-    # compare() pairs rows of equal steps; sides sampled with different steps (e.g. 4 against
-    # 1) are compared all the same, under A's steps, and the per-side lines say each one's
-    side_steps_seen = {lab: sorted({int(r["sample_steps"]) for r in rows if r["variant"] == lab})
-                       for lab in labels}
-    if side_steps_seen[labels[0]] != side_steps_seen[labels[1]]:
-        if len(side_steps_seen[labels[0]]) > 1 or len(side_steps_seen[labels[1]]) > 1:
-            print(f"error: the seeds of one side were sampled with different steps "
-                  f"({side_steps_seen}); compare one step count at a time", file=sys.stderr)
+    # each side's scores over the images of the summary (the pooled row's, or the one set's);
+    # sides of different step counts (e.g. 4 against 1) are compared all the same
+    sides = {lab: per_image_scores(pooled if sets else rows, lab, match_steps=False)
+             for lab in labels}
+    for lab, (_, _, seen) in sides.items():
+        mixed = [k for k, n in seen.items() if len(n) > 1]
+        if mixed:
+            print(f"error: the seeds of {lab} were sampled with different steps "
+                  f"({sorted(seen[mixed[0]])}); compare one step count at a time", file=sys.stderr)
             return 1
-        for r in rows + pooled:
-            r["sample_steps"] = str(side_steps_seen[labels[0]][0])
-    result = compare(rows, *labels)
+    result = compare(rows, *labels, match_steps=False)
     if not result or not result[0]["images"]:
         print(f"error: no image is scored on both sides ({a.a} and {a.b})", file=sys.stderr)
         return 1
-    common = {r["image"] for r in summary_rows if r["variant"] == labels[0]} & \
-        {r["image"] for r in summary_rows if r["variant"] == labels[1]}
-    for label in labels:
-        per = {}
-        for r in summary_rows:
-            if r["variant"] == label and r["image"] in common:
-                per.setdefault(r["image"], []).append(r)
-        means = [statistics.mean(statistics.mean(float(x[m]) for x in per[i]) for i in per)
+    (acc_a, _, _), (acc_b, _, _) = sides.values()
+    (key,) = set(acc_a) & set(acc_b)  # one (pairs, set) in the summary
+    common = sorted(set(acc_a[key]) & set(acc_b[key]))
+    for label, (acc, _, seen) in sides.items():
+        means = [statistics.mean(statistics.mean(acc[key][i][m]) for i in common)
                  for m in COMPARED]
-        n_steps = ", ".join(str(k) if k else "?" for k in side_steps_seen[label])
-        print(f"{label}: {len(per)} images, {n_steps} sampler step(s), PSNR-Y {means[0]:.2f} dB, "
-              f"SSIM-Y {means[1]:.4f}, HF-err {means[2]:.3f} dB")
+        n_steps = next(iter(seen[key])) or "?"
+        print(f"{label}: {len(common)} images, {n_steps} sampler step(s), PSNR-Y {means[0]:.2f} "
+              f"dB, SSIM-Y {means[1]:.4f}, HF-err {means[2]:.3f} dB")
     print_comparison(result, *labels)
     return 0
 
