@@ -28,7 +28,8 @@ a row without its per-image scores, from before scores.csv, is evaluated again).
 --compare reads scores.csv: for each set and sampler step count both variants were evaluated
 at, the mean difference of PSNR-Y and SSIM-Y over the same images (each image's score averaged
 over the seeds a variant has), its standard error over images, and how many images the first
-wins.
+wins; where both have two seeds or more, also each seed's own difference (seed s against seed
+s), so the spread over seeds stands beside the pooled figure.
 """
 import argparse
 import contextlib
@@ -583,7 +584,18 @@ def compare(scores, a, b, match_steps=True):
     return out
 
 
-def print_comparison(rows, a, b):
+def compare_by_seed(scores, a, b, match_steps=True):
+    """{seed: compare()'s rows with seed s of a against seed s of b}, for every seed both have:
+    the spread over seeds beside the pooled comparison."""
+    seeds = ({r["seed"] for r in scores if r["variant"] == a}
+             & {r["seed"] for r in scores if r["variant"] == b})
+    return {s: compare([r for r in scores if r["seed"] == s], a, b, match_steps)
+            for s in sorted(seeds, key=lambda s: (len(s), s))}
+
+
+def print_comparison(rows, a, b, by_seed=None):
+    """compare()'s rows as a table; with compare_by_seed()'s result (two seeds or more), a line
+    a row with each seed's own PSNR-Y difference."""
     if not rows:
         print(f"no images scored for both {a} and {b} (scores.csv)")
         return
@@ -601,6 +613,19 @@ def print_comparison(rows, a, b):
               f"{r['psnr_y_se']:5.2f}  {r['ssim_y_diff']:+7.4f} +- {r['ssim_y_se']:.4f}  "
               f"{r['hf_err_db_diff']:+7.2f} +- {r['hf_err_db_se']:5.2f}  "
               f"{r['wins']}/{r['images']}")
+    if not by_seed or len(by_seed) < 2:
+        return
+    print(f"each seed alone (seed s of {a} against seed s of {b}), PSNR-Y diff (dB):")
+    key = lambda r: (r["pairs"], r["set"], r["sample_steps"])  # noqa: E731
+    for r in rows:
+        parts = []
+        for seed, seed_rows in by_seed.items():
+            same = [x for x in seed_rows if key(x) == key(r)]
+            if same:
+                parts.append(f"seed {seed} {same[0]['psnr_y_diff']:+.2f} +- "
+                             f"{same[0]['psnr_y_se']:.2f} ({same[0]['wins']}/{same[0]['images']})")
+        print(f"{r['pairs']:>5s} {r['set']:{w}s} {str(r['sample_steps'] or '?'):>5s}  "
+              + ", ".join(parts))
 
 
 def curve_points(spec):
@@ -872,7 +897,7 @@ def main(argv=None):
                     return 1
                 scores += [{**r, "variant": name} for r in read_results(scores_path)
                            if r["variant"] == variant]
-        print_comparison(compare(scores, *pair), *pair)
+        print_comparison(compare(scores, *pair), *pair, by_seed=compare_by_seed(scores, *pair))
         return 0
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]

@@ -69,6 +69,14 @@ def test_paired_pools_seeds_per_image_and_leaves_out_what_it_is_told(tmp_path, c
     assert paired.main([f"{a0}+{a1}", b0, "--labels", "f,p", "--exclude", str(seen)]) == 0
     out = capsys.readouterr().out
     assert "+1.00" in out and "2/2" in out and "f: 2 images, ? sampler step(s), PSNR-Y 26.00" in out
+    assert "each seed alone" not in out  # B has one seed: no spread over seeds to show
+    # two seeds a side: beside the pooled row, seed s of A against seed s of B
+    b1 = _scores(tmp_path / "b1", {"x": 31.0, "y": 23.0, "z": 10.0})
+    assert paired.main([f"{a0}+{a1}", f"{b0}+{b1}", "--labels", "f,p"]) == 0
+    out = capsys.readouterr().out
+    # seed 0: x 0, y 0, z -10 -> -3.33, won 0; seed 1: x +1, y -1, z 0 -> 0.00, won 1
+    (line,) = [ln for ln in out.splitlines() if "seed 0 " in ln]
+    assert "seed 0 -3.33 +- 3.33 (0/3), seed 1 +0.00 +- 0.58 (1/3)" in line
 
 
 def test_paired_refuses_missing_scores(tmp_path, capsys):

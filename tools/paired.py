@@ -13,7 +13,9 @@ Each side is one or more derain.py output folders (or their scores.csv), joined 
 seed. --exclude: a file of image stems to leave out, one a line (what
 `python -m tools.shared_backgrounds` prints). --sets S1,S2: the same comparison on several sets,
 '{set}' in A, B and --exclude standing for each, and pooled over all their images (each image
-once, its set's difference). The sampler steps of each side come from the
+once, its set's difference). With two seeds or more on both sides, a line a row gives each
+seed's own difference, seed s of A against seed s of B (so list the seeds in the same order on
+both sides). The sampler steps of each side come from the
 settings.json derain.py writes beside scores.csv; for folders from before it did, give
 --steps A[,B], or the table shows '?'. Exits 1 if a scores file is missing or no image is
 scored on both sides.
@@ -25,7 +27,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from ablate import COMPARED, compare, per_image_scores, print_comparison
+from ablate import COMPARED, compare, compare_by_seed, per_image_scores, print_comparison
 from tools.shared_backgrounds import read_stems
 
 
@@ -133,7 +135,8 @@ def main(argv=None):
         n_steps = next(iter(seen[key])) or "?"
         print(f"{label}: {len(common)} images, {n_steps} sampler step(s), PSNR-Y {means[0]:.2f} "
               f"dB, SSIM-Y {means[1]:.4f}, HF-err {means[2]:.3f} dB")
-    print_comparison(result, *labels)
+    print_comparison(result, *labels,
+                     by_seed=compare_by_seed(rows, *labels, match_steps=False))
     return 0
 
 
