@@ -283,3 +283,47 @@ def test_cond_clip_tool_counts_what_the_clip_bounds(setup, tmp_path, capsys):
     assert "bad.png" in capsys.readouterr().err
     assert cond_clip.main(["--ckpt", str(setup["pixel"]), str(odd)]) == 0
     assert "does not apply" in capsys.readouterr().out
+
+
+def test_other_rain_scores_two_models_on_unseen_sets_and_reuses_its_outputs(setup, tmp_path,
+                                                                           capsys):
+    """tools.other_rain: shared backgrounds listed and left out, every checkpoint derained at the
+    steps given, the comparison per set and pooled; a second call derains nothing again."""
+    import shutil
+
+    from tools import other_rain
+    root = tmp_path / "data"
+    make_pairs(root / "S1", n=3, size=(20, 22), seed=5)
+    for side in ("input", "target"):  # a pair on a background the models trained on
+        shutil.copy(setup["pairs"] / side / "1.png", root / "S1" / side / "seen.png")
+    make_pairs(root / "S2", n=2, size=(20, 22), seed=6)
+    out = tmp_path / "out"
+    args = ["--model", f"f={setup['fft']}+{setup['fft']}", "--model",
+            f"p={setup['pixel']}+{setup['pixel']}", "--steps", "1", "--sets", "S1,S2",
+            "--data-root", str(root), "--out", str(out), "--device", "cpu"]
+    assert other_rain.main(args) == 0
+    stdout = capsys.readouterr().out
+    # the training pairs come from the checkpoints' configs: the copied pair is found
+    assert (out / "seen_S1.txt").read_text() == "seen\n"
+    assert (out / "seen_S2.txt").read_text() == ""
+    rows = {ln.split()[1]: ln.split() for ln in stdout.splitlines()
+            if ln.split()[:1] == ["all"] and "seed 0" not in ln}
+    assert (rows["S1"][3], rows["S2"][3], rows["pooled"][3]) == ("3", "2", "5")
+    assert "each seed alone" in stdout and "S1: f seed 0 (" in stdout  # derained this time
+    scores = out / "S1" / "f" / "seed1" / "scores.csv"
+    assert json.loads((scores.parent / "settings.json").read_text())["sample_steps"] == 1
+    with open(scores, newline="") as f:  # every input is derained; the seen one is left out
+        assert len(list(csv.DictReader(f))) == 4  # of the comparison only
+    stamp = scores.stat().st_mtime_ns
+    assert other_rain.main(args) == 0
+    assert " seed 0 (" not in capsys.readouterr().out and scores.stat().st_mtime_ns == stamp
+    args[args.index("--steps") + 1] = "2"  # another step count: derained again
+    assert other_rain.main(args) == 0
+    assert json.loads((scores.parent / "settings.json").read_text())["sample_steps"] == 2
+    capsys.readouterr()
+    # a set that is not there, a malformed model
+    bad = [*args[:args.index("--sets") + 1], "S1,nope", *args[args.index("--sets") + 2:]]
+    assert other_rain.main(bad) == 1
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        other_rain.main(["--model", "f", "--model", "p=x", "--steps", "1", "--out", str(out)])
