@@ -407,12 +407,7 @@ def time_steps(args, study, variant, log):
     if cal_dir.exists():
         import shutil
         shutil.rmtree(cal_dir)
-    # the checkpoint's sample_steps (what derain.py samples with unless given --steps) is the
-    # study's first --eval-steps, the row its tables lead with (it used to be a pinned 2, so a
-    # study checkpoint derained at 2 steps while the tables quoted 1)
-    first_steps = args.eval_steps.split(",")[0]
-    cmd = [sys.executable, str(REPO / "ddpm_conditional.py"), *BASE, "--sample-steps", first_steps,
-           *VARIANTS[variant]["flags"],
+    cmd = [sys.executable, str(REPO / "ddpm_conditional.py"), *BASE, *VARIANTS[variant]["flags"],
            "--run-dir", str(cal_dir), "--max-steps", str(b), "--log-every", "1",
            "--ckpt-every", "0", "--threads", str(args.threads), "--data-root", args.data_root,
            "--device", str(args.device)]

@@ -274,9 +274,6 @@ def test_a_reference_calibration_sets_the_step_counts_without_timing(shared_data
     assert "calibrating" not in out  # nothing was timed here
     assert "regression seed 0: 2 steps" in out  # 0.05 min * 60 / 1.5 s
     assert (study / "regression" / "seed0" / "ckpt_00000002.pt").exists()
-    # a study's checkpoint samples by default as its table's first row does (--eval-steps 1)
-    assert {load_derainer(study / v / "seed0")[0].settings["sample_steps"]
-            for v in ("regression", "trunk_bridge")} == {1}
     rec = json.loads((study / "calibration.json").read_text())["regression"]
     assert rec["s_per_step"] == 1.5 and rec["from"] == str(ref)
     # a variant the file does not time, and a file that contradicts the study's record
