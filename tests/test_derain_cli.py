@@ -317,6 +317,11 @@ def test_other_rain_scores_two_models_on_unseen_sets_and_reuses_its_outputs(setu
     stamp = scores.stat().st_mtime_ns
     assert other_rain.main(args) == 0
     assert " seed 0 (" not in capsys.readouterr().out and scores.stat().st_mtime_ns == stamp
+    # a run directory stands for its last checkpoint, the file the outputs were made with
+    run_args = [a.replace(f"f={setup['fft']}+{setup['fft']}",
+                          f"f={setup['fft'].parent}+{setup['fft']}") for a in args]
+    assert other_rain.main(run_args) == 0
+    assert " seed 0 (" not in capsys.readouterr().out and scores.stat().st_mtime_ns == stamp
     args[args.index("--steps") + 1] = "2"  # another step count: derained again
     assert other_rain.main(args) == 0
     assert json.loads((scores.parent / "settings.json").read_text())["sample_steps"] == 2

@@ -43,7 +43,10 @@ def parse_model(text):
     if missing:
         raise ValueError(f"--model {label}: no such checkpoint or run directory: "
                          + ", ".join(missing))
-    return label, paths
+    # a run directory stands for its last checkpoint now: outputs of an earlier one are stale
+    from checkpoint import latest_checkpoint
+    resolved = [str(latest_checkpoint(c) or c) if Path(c).is_dir() else c for c in paths]
+    return label, resolved
 
 
 def up_to_date(out, ckpt, steps, n_inputs):
