@@ -116,13 +116,15 @@ def main(argv=None):
     except (OSError, InputError) as e:  # CheckpointError is an InputError too
         print(f"error: {e}", file=sys.stderr)
         return 1
+    missing = [Path(a.data_root) / name for name in sets
+               if not all((Path(a.data_root) / name / sub).is_dir() for sub in ("input", "target"))]
+    if missing:  # before any work: a typo in the last set should not wait for the others
+        print(f"error: {', '.join(map(str, missing))}: no input/ and target/ folders; check "
+              "--data-root and --sets", file=sys.stderr)
+        return 1
     failed = []
     for name in sets:
         set_dir = Path(a.data_root) / name
-        if not (set_dir / "input").is_dir() or not (set_dir / "target").is_dir():
-            print(f"error: {set_dir}: no input/ and target/ folders; check --data-root and "
-                  "--sets", file=sys.stderr)
-            return 1
         try:
             n_seen = write_seen(set_dir, train, out / f"seen_{name}.txt")
         except (OSError, InputError) as e:
@@ -144,10 +146,9 @@ def main(argv=None):
                     return 1
                 if code:
                     failed.append(f"{name}/{label}/seed{k}")
-    (la, ca), (lb, cb) = models
-    side = lambda label, ckpts: "+".join(str(out / "{set}" / label / f"seed{k}")  # noqa: E731
-                                         for k in range(len(ckpts)))
-    code = paired.main([side(la, ca), side(lb, cb), "--labels", f"{la},{lb}", "--sets",
+    sides = ["+".join(str(out / "{set}" / label / f"seed{k}") for k in range(len(ckpts)))
+             for label, ckpts in models]
+    code = paired.main([*sides, "--labels", ",".join(label for label, _ in models), "--sets",
                         ",".join(sets), "--exclude", str(out / "seen_{set}.txt")])
     if failed:
         print(f"error: some images failed in {', '.join(failed)} (named above); the "
