@@ -590,7 +590,8 @@ def compare_by_seed(scores, a, b, match_steps=True):
 
 def print_comparison(rows, a, b, by_seed=None):
     """compare()'s rows as a table; with compare_by_seed()'s result (two seeds or more), a line
-    a row with each seed's own PSNR-Y difference."""
+    a row with each seed's own PSNR-Y difference, then their mean and its standard error over
+    the seeds (sd / sqrt(n): how far another set of training runs could move the difference)."""
     if not rows:
         print(f"no images scored for both {a} and {b} (scores.csv)")
         return
@@ -613,12 +614,16 @@ def print_comparison(rows, a, b, by_seed=None):
     print(f"each seed alone (seed s of {a} against seed s of {b}), PSNR-Y diff (dB):")
     key = lambda r: (r["pairs"], r["set"], r["sample_steps"])  # noqa: E731
     for r in rows:
-        parts = []
+        parts, diffs = [], []
         for seed, seed_rows in by_seed.items():
             same = [x for x in seed_rows if key(x) == key(r)]
             if same:
+                diffs.append(same[0]["psnr_y_diff"])
                 parts.append(f"seed {seed} {same[0]['psnr_y_diff']:+.2f} +- "
                              f"{same[0]['psnr_y_se']:.2f} ({same[0]['wins']}/{same[0]['images']})")
+        if len(diffs) > 1:  # the error bar of training again: the seeds' spread, not the images'
+            parts.append(f"over {len(diffs)} seeds {statistics.mean(diffs):+.2f} +- "
+                         f"{statistics.stdev(diffs) / len(diffs) ** 0.5:.2f}")
         print(f"{r['pairs']:>5s} {r['set']:{w}s} {str(r['sample_steps'] or '?'):>5s}  "
               + ", ".join(parts))
 

@@ -77,6 +77,8 @@ def test_paired_pools_seeds_per_image_and_leaves_out_what_it_is_told(tmp_path, c
     # seed 0: x 0, y 0, z -10 -> -3.33, won 0; seed 1: x +1, y -1, z 0 -> 0.00, won 1
     (line,) = [ln for ln in out.splitlines() if "seed 0 " in ln]
     assert "seed 0 -3.33 +- 3.33 (0/3), seed 1 +0.00 +- 0.58 (1/3)" in line
+    # and their mean with its standard error over the seeds: sd(-3.33, 0) / sqrt(2)
+    assert line.endswith("over 2 seeds -1.67 +- 1.67")
 
 
 def test_paired_refuses_missing_scores(tmp_path, capsys):
