@@ -261,6 +261,37 @@ VARIANTS = {
                                         "about": "pixel_bridge_end90_naf_psnr with a Res-FFT "
                                                  "branch in every block (pixel state, spatial "
                                                  "+ FFT)"},
+    # the default (PSNR loss, own states, skip) on larger windows, the same pixels a step, and
+    # the Res-FFT branch on 256-px windows, where its FFT spans streaks that a 64-px window cuts
+    # (derain.py tiles in the training window, so the FFT size at derain time matches)
+    "trunk_bridge_end90_naf_own_skip_psnr_w128": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss",
+                                                            "psnr", "--bridge-states", "own",
+                                                            "--bridge-param", "skip", "--crop",
+                                                            "128", "--batch-size", "4"],
+                                                  "about": "the default on 128-px windows (4 a "
+                                                           "step: the same pixels)"},
+    "trunk_bridge_end90_naf_own_skip_psnr_w256": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss",
+                                                            "psnr", "--bridge-states", "own",
+                                                            "--bridge-param", "skip", "--crop",
+                                                            "256", "--batch-size", "1"],
+                                                  "about": "the default on 256-px windows (1 a "
+                                                           "step: the same pixels)"},
+    "trunk_bridge_end90_naf_fft_own_skip_psnr_w256": {"flags": [*TRUNK_BRIDGE_90_NAF,
+                                                                "--network", "naf_fft", "--loss",
+                                                                "psnr", "--bridge-states", "own",
+                                                                "--bridge-param", "skip",
+                                                                "--crop", "256", "--batch-size",
+                                                                "1"],
+                                                      "about": "the default with the Res-FFT "
+                                                               "branch on 256-px windows (its "
+                                                               "FFT spans 256 px)"},
+    "trunk_bridge_end90_naf_own_skip_psnr_b09": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss",
+                                                           "psnr", "--bridge-states", "own",
+                                                           "--bridge-param", "skip",
+                                                           "--adam-beta2", "0.9"],
+                                                 "about": "the default with AdamW's beta2 at "
+                                                          "0.9 (NAFNet's recipe) instead of "
+                                                          "0.99"},
     # the optimisation and the loss's weighting around trunk_bridge_end90_naf_psnr
     "trunk_bridge_end90_naf_psnr_noclip": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss", "psnr",
                                                      "--grad-clip", "0"],
@@ -297,7 +328,7 @@ LEVERS = ["--representation", "realimag", "--signed-log", "true", "--norm", "per
           "--crop", "64", "--batch-size", "16", "--freq-schedule", "0", "--coupled", "false",
           "--bridge-end", "0", "--bridge-param", "x0",
           "--bridge-states", "clean", "--bridge-noise", "0.1", "--clip-x0", "5", "--block", "8",
-          "--grad-clip", "1.0", "--psnr-floor", "1e-6"]
+          "--grad-clip", "1.0", "--psnr-floor", "1e-6", "--adam-beta2", "0.99"]
 BASE = ["--preset", "rain100", "--minutes", "0", "--eval-every", "0", "--eval-points", "0",
         "--final-eval", "false", "--log-every", "10", *LEVERS]
 SETS = ("Rain100L", "Rain100H")

@@ -45,7 +45,7 @@ HISTORICAL = {"process": "diffusion", "network": "unet", "coupled": False, "brid
               "norm_gamma": 0.5, "block": 8, "freq_schedule": 0.0, "bridge_end": 0.0,
               "channels_last": True, "p_uncond": 0.0, "bridge_param": "x0",
               "fft_loss_weight": 0.1, "fft_loss_scales": 3, "bridge_states": "clean",
-              "psnr_floor": 1e-6}
+              "psnr_floor": 1e-6, "adam_beta2": 0.99}
 
 
 class CheckpointError(InputError):

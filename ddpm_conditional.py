@@ -116,6 +116,7 @@ def launch():
         grad_accum=1,            # micro-batches per optimiser step
         lr=1e-3,                 # peak learning rate (AdamW)
         weight_decay=0.0,        # AdamW weight decay
+        adam_beta2=0.99,         # AdamW's second-moment decay (NAFNet's recipe: 0.9)
         warmup_steps=200,        # linear warm-up, then cosine decay to lr_min_ratio * lr
         lr_min_ratio=0.05,       # final learning rate as a fraction of lr
         max_steps=0,             # optimiser steps (0: no limit, use minutes)

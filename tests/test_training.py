@@ -379,3 +379,18 @@ def test_grad_clip_bounds_the_update_and_zero_turns_it_off():
     torch.testing.assert_close(free, -torch.tensor([[30.0, 40.0, 0.0]]))
     with pytest.raises(ConfigError, match="--grad-clip must be >= 0"):
         _one_sgd_step(-1.0)
+
+
+def test_adam_beta2_reaches_the_optimiser_and_the_checkpoint(data, tmp_path):
+    """--adam-beta2 (NAFNet's recipe trains with 0.9) is the optimiser's second-moment decay,
+    recorded in the checkpoint's config and optimiser state; a value outside [0, 1) is refused
+    before anything runs."""
+    run = tmp_path / "beta2"
+    r = _run(_args(data, run, "--max-steps", "2", "--adam-beta2", "0.9"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    state = _final_state(run)
+    assert state["config"]["adam_beta2"] == 0.9
+    assert tuple(state["optimizer"]["param_groups"][0]["betas"]) == (0.9, 0.9)
+    assert D.launch()["adam_beta2"] == 0.99 == C.HISTORICAL["adam_beta2"]  # the default unchanged
+    r = _run(["--dry-run", "--adam-beta2", "1"])
+    assert r.returncode == 2 and "--adam-beta2" in r.stderr and "[0, 1)" in r.stderr

@@ -129,6 +129,8 @@ def resolve_config(argv, launch, presets, description=""):
             cfg["prediction"] != "x0":
         ap.error(f"--network {cfg['network']} outputs an x0 estimate: use --prediction x0 (or "
                  "--process bridge / regression)")
+    if not 0.0 <= cfg["adam_beta2"] < 1.0:
+        ap.error(f"--adam-beta2 {cfg['adam_beta2']}: AdamW's second-moment decay lies in [0, 1)")
     if cfg["csv"] and preset == "synthetic" and "preset" not in given \
             and "preset" not in file_cfg:
         cfg["preset"] = "custom"

@@ -85,8 +85,8 @@ class Parts:
         # fused: one kernel for all tensors, and it takes `found_inf`, which skips a step with
         # a non-finite gradient on the device (TrainStep) instead of a host check every step
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"],
-                                     weight_decay=cfg["weight_decay"], betas=(0.9, 0.99),
-                                     fused=True)
+                                     weight_decay=cfg["weight_decay"],
+                                     betas=(0.9, cfg["adam_beta2"]), fused=True)
         amp = AMP[cfg["amp"]]
         self.amp_dtype = amp if env.device.type == "cuda" else None  # the CPU trains in float32
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
