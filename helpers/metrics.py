@@ -177,6 +177,26 @@ def error_by_band(pred_u8, target_u8, bands=SPECTRAL_BANDS):
     return np.bincount(ring.ravel(), power.ravel(), bands)
 
 
+def rain_left(pred_u8, target_u8, rain_u8):
+    """How much of the rain an output keeps, and how good the rest of it is. The output's error
+    on the Y channel, e = pred - target, is split along the rain layer r = rain - target:
+    e = a r + e', with a = <e, r> / <r, r> the fraction of the rain left (0: removed, 1: all
+    left, negative: over-removed) and e' the error orthogonal to it (blur, colour, artefacts)
+    -> {"rain_left": a, "rest_psnr_y": the PSNR-Y of e' alone (dB; the output's PSNR-Y had it
+    kept none of the rain's pattern)}. A lower HF-err can mean detail restored or rain left;
+    this tells the two apart. Needs no trained weights; nan when the rainy image is the clean
+    one."""
+    pred, target = _check_pair(pred_u8, target_u8)
+    rain, _ = _check_pair(rain_u8, target_u8)
+    yt = rgb_to_y(target).astype(np.float64)
+    e = rgb_to_y(pred).astype(np.float64) - yt
+    r = rgb_to_y(rain).astype(np.float64) - yt
+    rr = float(np.sum(r * r))
+    a = float(np.sum(e * r)) / rr if rr > 0 else math.nan
+    rest = e - (a * r if rr > 0 else 0.0)
+    return {"rain_left": a, "rest_psnr_y": psnr_from_mse(float(np.mean(rest * rest)))}
+
+
 def score_pair(pred, target):
     """All metrics for one pair -> {"psnr_y", "ssim_y", "psnr_rgb", "hf_err_db", "hf_bias_db"}
     (floats; PSNR may be inf).

@@ -372,3 +372,39 @@ def test_error_bands_tool_finds_the_band_a_gap_comes_from(tmp_path, capsys):
     assert error_bands.main([str(t), str(a), str(b)]) == 1
     err = capsys.readouterr().err
     assert str(b / "0.png") in err and str(t / "0.png") in err and "same size" in err
+
+
+def _streak_mask(h, w):
+    """Diagonal streaks, one pixel in nine."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (xx + 2 * yy) % 9 == 0
+
+
+def test_rain_left_splits_the_error_along_the_rain_layer(tmp_path, capsys):
+    from helpers.metrics import rain_left
+    from tools import rain_left as tool
+    clean = np.full((40, 52, 3), 100, np.uint8)
+    streak = _streak_mask(40, 52)
+    rain = clean + (60 * streak[..., None]).astype(np.uint8)
+    assert rain_left(clean, clean, rain) == {"rain_left": 0.0, "rest_psnr_y": math.inf}
+    assert rain_left(rain, clean, rain)["rain_left"] == pytest.approx(1.0)
+    assert rain_left(rain, clean, rain)["rest_psnr_y"] == math.inf
+    # 30 % of the rain left (18 of 60 on the streaks) plus an error orthogonal to the rain: +5
+    # on the left half's pixels without streaks
+    off = (~streak) & (np.arange(52) < 26)
+    part = (clean + 18 * streak[..., None] + 5 * off[..., None]).astype(np.uint8)
+    got = rain_left(part, clean, rain)
+    assert got["rain_left"] == pytest.approx(0.3, abs=0.01)
+    rest = np.where(off[..., None], part, clean)  # the output with the rain's part taken out
+    assert got["rest_psnr_y"] == pytest.approx(psnr_y(rest, clean), abs=0.1)
+    assert math.isnan(rain_left(clean, clean, clean)["rain_left"])  # no rain to measure
+    # the tool: folders paired by stem with --input; an output with no rainy image is named
+    for name, img in (("pred", part), ("clean", clean), ("rain", rain)):
+        (tmp_path / name).mkdir()
+        write_rgb(tmp_path / name / "a.png", img)
+    args = [str(tmp_path / "pred"), "--target", str(tmp_path / "clean")]
+    assert tool.main([*args, "--input", str(tmp_path / "rain")]) == 0
+    line = capsys.readouterr().out.splitlines()[-1].split()
+    assert line[1] == "1" and float(line[3]) == pytest.approx(0.3, abs=0.01)
+    assert tool.main(args) == 1
+    assert "no rainy image" in capsys.readouterr().err
