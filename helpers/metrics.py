@@ -187,13 +187,16 @@ def rain_left(pred_u8, target_u8, rain_u8):
     this tells the two apart. Needs no trained weights; nan when the rainy image is the clean
     one."""
     pred, target = _check_pair(pred_u8, target_u8)
-    rain, _ = _check_pair(rain_u8, target_u8)
+    rain = _check_rgb_u8(rain_u8, "rainy image")
+    if rain.shape != target.shape:
+        raise InputError(f"rainy image is {_size(rain)} but target is {_size(target)}; they "
+                         "must have the same size")
     yt = rgb_to_y(target).astype(np.float64)
     e = rgb_to_y(pred).astype(np.float64) - yt
     r = rgb_to_y(rain).astype(np.float64) - yt
     rr = float(np.sum(r * r))
     a = float(np.sum(e * r)) / rr if rr > 0 else math.nan
-    rest = e - (a * r if rr > 0 else 0.0)
+    rest = e - a * r if rr > 0 else e
     return {"rain_left": a, "rest_psnr_y": psnr_from_mse(float(np.mean(rest * rest)))}
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from helpers import metrics
 from tools import score
+from helpers.errors import InputError
 from helpers.images import write_rgb
 from helpers.metrics import (FolderScores, format_summary, psnr_rgb, psnr_y, rgb_to_y,
                              score_folders, score_pair, ssim_y, write_scores_csv)
@@ -398,6 +399,8 @@ def test_rain_left_splits_the_error_along_the_rain_layer(tmp_path, capsys):
     rest = np.where(off[..., None], part, clean)  # the output with the rain's part taken out
     assert got["rest_psnr_y"] == pytest.approx(psnr_y(rest, clean), abs=0.1)
     assert math.isnan(rain_left(clean, clean, clean)["rain_left"])  # no rain to measure
+    with pytest.raises(InputError, match="rainy image is 52x39"):
+        rain_left(clean, clean, rain[:-1])
     # the tool: folders paired by stem with --input; an output with no rainy image is named
     for name, img in (("pred", part), ("clean", clean), ("rain", rain)):
         (tmp_path / name).mkdir()

@@ -32,8 +32,8 @@ def score_dir(pred_dir, target, input_dir=None):
             pred, clean, rain = (read_rgb(p) for p in (pred_path, target_path, rain_path))
             rows.append({"name": name, "psnr_y": psnr_y(pred, clean),
                          **rain_left(pred, clean, rain)})
-        except (ImageError, ValueError) as e:
-            errors.append(f"{pred_path}: {e}")
+        except (ImageError, InputError) as e:  # an unreadable file names itself; sizes:
+            errors.append(f"{pred_path} (target {target_path}, rainy {rain_path}): {e}")
     return rows, errors
 
 
