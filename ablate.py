@@ -56,6 +56,9 @@ PIXEL_BRIDGE = ["--representation", "pixels", "--loss", "image", "--process", "b
 # the default's levers with the NAF-style trunk, in the Fourier state and in pixels
 TRUNK_BRIDGE_90_NAF = [*TRUNK_BRIDGE_90, "--network", "naf"]
 PIXEL_BRIDGE_90_NAF = [*PIXEL_BRIDGE, "--bridge-end", "0.9", "--network", "naf"]
+# launch()'s default on top of those: the PSNR loss, own states, the skip parametrisation
+OWN_SKIP_PSNR = [*TRUNK_BRIDGE_90_NAF, "--loss", "psnr", "--bridge-states", "own",
+                 "--bridge-param", "skip"]
 # drawn in another colour
 REFERENCES = ("pixel", "pixel_x0", "pixel_bridge_end", "pixel_bridge_end90", "regression",
               "pixel_bridge_end90_fft", "pixel_bridge_end90_naf", "naf_regression",
@@ -264,31 +267,22 @@ VARIANTS = {
     # the default (PSNR loss, own states, skip) on larger windows, the same pixels a step, and
     # the Res-FFT branch on 256-px windows, where its FFT spans streaks that a 64-px window cuts
     # (derain.py tiles in the training window, so the FFT size at derain time matches)
-    "trunk_bridge_end90_naf_own_skip_psnr_w128": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss",
-                                                            "psnr", "--bridge-states", "own",
-                                                            "--bridge-param", "skip", "--crop",
-                                                            "128", "--batch-size", "4"],
+    "trunk_bridge_end90_naf_own_skip_psnr_w128": {"flags": [*OWN_SKIP_PSNR, "--crop", "128",
+                                                            "--batch-size", "4"],
                                                   "about": "the default on 128-px windows (4 a "
                                                            "step: the same pixels)"},
-    "trunk_bridge_end90_naf_own_skip_psnr_w256": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss",
-                                                            "psnr", "--bridge-states", "own",
-                                                            "--bridge-param", "skip", "--crop",
-                                                            "256", "--batch-size", "1"],
+    "trunk_bridge_end90_naf_own_skip_psnr_w256": {"flags": [*OWN_SKIP_PSNR, "--crop", "256",
+                                                            "--batch-size", "1"],
                                                   "about": "the default on 256-px windows (1 a "
                                                            "step: the same pixels)"},
-    "trunk_bridge_end90_naf_fft_own_skip_psnr_w256": {"flags": [*TRUNK_BRIDGE_90_NAF,
-                                                                "--network", "naf_fft", "--loss",
-                                                                "psnr", "--bridge-states", "own",
-                                                                "--bridge-param", "skip",
-                                                                "--crop", "256", "--batch-size",
-                                                                "1"],
+    "trunk_bridge_end90_naf_fft_own_skip_psnr_w256": {"flags": [*OWN_SKIP_PSNR, "--network",
+                                                                "naf_fft", "--crop", "256",
+                                                                "--batch-size", "1"],
                                                       "about": "the default with the Res-FFT "
                                                                "branch on 256-px windows (its "
                                                                "FFT spans 256 px)"},
-    "trunk_bridge_end90_naf_own_skip_psnr_b09": {"flags": [*TRUNK_BRIDGE_90_NAF, "--loss",
-                                                           "psnr", "--bridge-states", "own",
-                                                           "--bridge-param", "skip",
-                                                           "--adam-beta2", "0.9"],
+    "trunk_bridge_end90_naf_own_skip_psnr_b09": {"flags": [*OWN_SKIP_PSNR, "--adam-beta2",
+                                                           "0.9"],
                                                  "about": "the default with AdamW's beta2 at "
                                                           "0.9 (NAFNet's recipe) instead of "
                                                           "0.99"},
