@@ -281,6 +281,17 @@ VARIANTS = {
                                                       "about": "the default with the Res-FFT "
                                                                "branch on 256-px windows (its "
                                                                "FFT spans 256 px)"},
+    # a Fourier operator that can pick frequencies: a learned complex weight per channel and
+    # frequency of the window (modules.GlobalFilter) in the NAF blocks of the two outer levels
+    "trunk_bridge_end90_naf_gf_own_skip_psnr": {"flags": [*OWN_SKIP_PSNR, "--network", "naf_gf"],
+                                                "about": "the default with a global filter (a "
+                                                         "learned weight per frequency) in the "
+                                                         "blocks of the two outer levels"},
+    "pixel_bridge_end90_naf_gf_psnr": {"flags": [*PIXEL_BRIDGE_90_NAF, "--network", "naf_gf",
+                                                 "--loss", "psnr"],
+                                       "about": "pixel_bridge_end90_naf_psnr with the global "
+                                                "filter in every block (pixel state, spatial + "
+                                                "FFT)"},
     "trunk_bridge_end90_naf_own_skip_psnr_b09": {"flags": [*OWN_SKIP_PSNR, "--adam-beta2",
                                                            "0.9"],
                                                  "about": "the default with AdamW's beta2 at "

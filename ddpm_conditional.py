@@ -70,9 +70,12 @@ def launch():
         model_args={},           # e.g. {"base_channels": 96}: overrides of the preset
         network="naf",           # naf: decode the spectral state to pixels, a NAFNet-style
                                  # trunk, encode back (an x0 estimate) | naf_fft: with a Res-FFT
-                                 # branch per block | pixel_trunk, pixel_trunk_fft: a U-Net trunk
-                                 # instead (the default until the 10-minute, 2-seed screen of
-                                 # STUDY.md) | unet: 3x3 U-Net over the representation's channels
+                                 # branch per block | naf_conv: its control, no FFT | naf_gf: a
+                                 # learned weight per frequency of the window (a global filter)
+                                 # in the outer levels' blocks | pixel_trunk, pixel_trunk_fft: a
+                                 # U-Net trunk instead (the default until the 10-minute,
+                                 # 2-seed screen of STUDY.md) | unet: 3x3 U-Net over the
+                                 # representation's channels
                                  # | ffc: with a global Fourier branch per block (modules.NETWORKS)
         freq_coords=True,        # the representation's constant inputs (frequency coordinates)
         # ---- process and loss

@@ -185,7 +185,49 @@ class ResConv(nn.Module):
         return self.conv2(F.relu(self.conv1(h)))  # (B, C, H, W)
 
 
+class GlobalFilter(nn.Module):
+    """A depthwise convolution whose kernel spans the whole window, applied in the frequency
+    domain (``fft_branch="global_filter"``; the global filter layer of GFNet, Rao et al., NeurIPS
+    2021): the feature map's real FFT times one learned complex weight per channel and
+    frequency, then the inverse FFT. Unlike ResFFT, whose 1x1 convolutions treat every frequency
+    alike, the weights differ per frequency, so the branch can pass or stop a band or an
+    orientation (rain streaks put their energy on a line through the spectrum's centre,
+    perpendicular to them). The weights are held at the size the block sees in training (the
+    training window at its level, ``size``); derain.py cuts images into windows of that size, so
+    at derain time the FFT size matches exactly. A map of another size gets the weights
+    resampled bilinearly over the centred frequency grid (an approximation, only for calls
+    outside derain.py's windows). The weights start at zero: at first the block is as without
+    the branch."""
+
+    def __init__(self, channels, size):
+        super().__init__()
+        h, w = int(size[0]), int(size[1])
+        self.size = (h, w)
+        # 3-D, so that a channels_last model leaves their layout alone
+        self.real = nn.Parameter(torch.zeros(channels, h, w // 2 + 1))
+        self.imag = nn.Parameter(torch.zeros(channels, h, w // 2 + 1))
+
+    def filter_for(self, h, w):
+        """The complex weights (C, h, w // 2 + 1) for an (h, w) map."""
+        if (h, w) == self.size:
+            return torch.complex(self.real.float(), self.imag.float())
+        weight = torch.stack([self.real, self.imag], dim=1).float()  # (C, 2, H, W // 2 + 1)
+        centred = F.interpolate(torch.fft.fftshift(weight, dim=2), size=(h, w // 2 + 1),
+                                mode="bilinear", align_corners=True)
+        weight = torch.fft.ifftshift(centred, dim=2)
+        return torch.complex(weight[:, 0], weight[:, 1])
+
+    def forward(self, h):
+        size = h.shape[-2:]
+        with torch.autocast(h.device.type, enabled=False):  # no FFTs in bf16
+            f = torch.fft.rfft2(h.float(), norm="ortho")  # (B, C, H, W // 2 + 1) complex
+            out = torch.fft.irfft2(f * self.filter_for(*size), s=size, norm="ortho")
+        return out.to(h.dtype)  # (B, C, H, W)
+
+
 FFT_BRANCHES = {"none": None, "ffc": FourierUnit, "res_fft": ResFFT, "res_conv": ResConv}
+# branches that need the map's size and sit inside the NAF block's spatial branch
+SIZED_BRANCHES = {"global_filter": GlobalFilter}
 
 
 def make_fft_branch(kind, channels):
@@ -502,9 +544,12 @@ class NAFBlock(nn.Module):
     feed-forward part; both residuals scaled by learned per-channel factors that start at 0.
     The time embedding modulates the first normalisation (FiLM, as in the U-Net's ResBlock).
     With fft_branch, a global Fourier branch of the block's input is added beside the spatial
-    one (the place DeepRFT gives it)."""
+    one (the place DeepRFT gives it); "global_filter" instead adds a GlobalFilter of the
+    normalised input to it before the expansion (so the filtered map goes through the 3x3 and
+    the gate). size: the (H, W) of the maps the block sees in training (only for
+    "global_filter")."""
 
-    def __init__(self, c, time_dim, fft_branch="none"):
+    def __init__(self, c, time_dim, fft_branch="none", size=None):
         super().__init__()
         self.norm1, self.norm2 = LayerNorm2d(c), LayerNorm2d(c)
         self.time_proj = nn.Linear(time_dim, 2 * c)
@@ -515,12 +560,21 @@ class NAFBlock(nn.Module):
         self.ffn_in, self.ffn_out = nn.Conv2d(c, 2 * c, 1), nn.Conv2d(c, c, 1)
         self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.global_filter = None
+        if fft_branch in SIZED_BRANCHES:
+            if size is None:
+                raise ConfigError(f"the {fft_branch} branch needs the training window's size "
+                                  "(NAFNet's window)")
+            self.global_filter = SIZED_BRANCHES[fft_branch](c, size)
+            fft_branch = "none"
         self.fourier = make_fft_branch(fft_branch, c)
 
     def forward(self, x, temb):
         # x: (B, C, H, W); temb: (B, T) after SiLU
         scale, shift = self.time_proj(temb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1)
         h = self.norm1(x) * (1 + scale) + shift
+        if self.global_filter is not None:
+            h = h + self.global_filter(h)
         a, b = self.depthwise(self.expand(h)).chunk(2, dim=1)  # SimpleGate
         h = a * b  # (B, C, H, W)
         h = h * self.attention(h.mean(dim=(2, 3), keepdim=True))  # simplified channel attention
@@ -537,10 +591,15 @@ class NAFNet(nn.Module):
     widths width * 2**i, each halved in size by a strided 2x2 convolution, middle blocks, then
     pixel-shuffle upsampling with the encoder's output added back, and a 3x3 convolution out
     (started at zero: the untrained network predicts no change). Any size works: the input is
-    padded to a multiple of 2**levels and the output cropped."""
+    padded to a multiple of 2**levels and the output cropped. window: the training window's
+    side, which fft_branch="global_filter" sizes its weights by (None for the other branches;
+    checkpoints from before it have none); filter_levels: how many of the outer levels (the
+    full-resolution one first, encoder and decoder) get the global filter. Its FFTs cost most
+    there, but there a stack of 3x3 convolutions sees least of the window; on the deeper maps
+    (8x8 and 4x4 for a 64-px window) a few 3x3 convolutions already span it."""
 
     def __init__(self, in_channels, out_channels, width, enc_blocks, middle_blocks, dec_blocks,
-                 fft_branch="none", cond_channels=0):
+                 fft_branch="none", cond_channels=0, window=None, filter_levels=2):
         super().__init__()
         if len(enc_blocks) != len(dec_blocks):
             raise ConfigError(f"enc_blocks {enc_blocks} and dec_blocks {dec_blocks} need one "
@@ -549,25 +608,36 @@ class NAFNet(nn.Module):
                            width=int(width), enc_blocks=[int(n) for n in enc_blocks],
                            middle_blocks=int(middle_blocks),
                            dec_blocks=[int(n) for n in dec_blocks], fft_branch=str(fft_branch),
-                           cond_channels=int(cond_channels))
+                           cond_channels=int(cond_channels),
+                           window=None if window is None else int(window),
+                           filter_levels=int(filter_levels))
         self.in_channels, self.cond_channels = in_channels, cond_channels
         time_dim = 4 * width
         self.t_sin_dim = width
         self.time_mlp = nn.Sequential(nn.Linear(width, time_dim), nn.SiLU(),
                                       nn.Linear(time_dim, time_dim))
         self.conv_in = nn.Conv2d(in_channels + cond_channels, width, 3, padding=1)
-        blocks = lambda c, n: nn.ModuleList(NAFBlock(c, time_dim, fft_branch) for _ in range(n))
+        m = 2 ** len(enc_blocks)
+        side = None if window is None else (int(window) + m - 1) // m * m  # as forward pads it
+
+        def blocks(c, n, level):
+            size = None if side is None else (side >> level, side >> level)
+            branch = fft_branch
+            if fft_branch in SIZED_BRANCHES and level >= filter_levels:
+                branch = "none"
+            return nn.ModuleList(NAFBlock(c, time_dim, branch, size) for _ in range(n))
+
         self.encoders, self.downs, self.ups, self.decoders = (nn.ModuleList() for _ in range(4))
         c = width
-        for n in enc_blocks:
-            self.encoders.append(blocks(c, n))
+        for level, n in enumerate(enc_blocks):
+            self.encoders.append(blocks(c, n, level))
             self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
             c *= 2
-        self.middle = blocks(c, middle_blocks)
-        for n in dec_blocks:
+        self.middle = blocks(c, middle_blocks, len(enc_blocks))
+        for k, n in enumerate(dec_blocks):  # the deepest level first
             self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.PixelShuffle(2)))
             c //= 2
-            self.decoders.append(blocks(c, n))
+            self.decoders.append(blocks(c, n, len(dec_blocks) - 1 - k))
         self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -626,6 +696,7 @@ NETWORKS = {
     "naf": ("pixels", "naf", "none"),
     "naf_fft": ("pixels", "naf", "res_fft"),
     "naf_conv": ("pixels", "naf", "res_conv"),  # naf_fft's control: the branch without the FFT
+    "naf_gf": ("pixels", "naf", "global_filter"),  # a learned filter per frequency, outer levels
 }
 X0_NETWORKS = tuple(k for k, (space, _, _) in NETWORKS.items() if space == "pixels")
 TRUNKS = {"unet": (UNet_conditional, MODEL_PRESETS), "naf": (NAFNet, NAF_PRESETS)}
@@ -650,6 +721,8 @@ def build_network(cfg, representation, trunk_config=None):
             extra = representation.extra_channels if cfg["freq_coords"] else 0
             io = {"in_channels": c, "cond_channels": c + extra, "out_channels": c}
         trunk_config = {**presets[cfg["model"]], **cfg["model_args"], **io, "fft_branch": branch}
+        if "window" in inspect.signature(trunk_class).parameters:
+            trunk_config["window"] = int(representation.crop)  # a global filter's FFT size
     unknown = set(trunk_config) - set(inspect.signature(trunk_class).parameters)
     if unknown:
         raise ConfigError(f"the {trunk_name} trunk takes no argument(s) {sorted(unknown)} "

@@ -121,9 +121,10 @@ def fake_cuda(monkeypatch, *modules):
     {"network": "pixel_trunk_fft", "loss": "image_fft", "bridge_param": "skip"},
     {"network": "naf_fft"},
     {"network": "naf_conv"},
+    {"network": "naf_gf"},
     {"bridge_states": "own", "bridge_end": 0.5},
 ], ids=["default", "clean_states_x0", "image_loss", "diffusion", "regression", "spectral_unet",
-        "pixels", "magphase_ffc", "fft_branch_fft_loss_skip", "naf_fft", "naf_conv",
+        "pixels", "magphase_ffc", "fft_branch_fft_loss_skip", "naf_fft", "naf_conv", "naf_gf",
         "own_states"])
 def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     cfg = _cfg(**over)

@@ -81,6 +81,7 @@ def test_labels_come_from_the_code_and_follow_launch_defaults(monkeypatch):
     for network, trunk, branch in (("naf", "NAFNet-style", None),
                                    ("naf_fft", "NAFNet-style", "Res-FFT"),
                                    ("naf_conv", "NAFNet-style", "1x1 branch (no FFT)"),
+                                   ("naf_gf", "NAFNet-style", "global filter"),
                                    ("pixel_trunk_fft", "UNet_conditional", "Res-FFT"),
                                    ("ffc", "UNet_conditional", "FFC")):
         monkeypatch.setattr(D, "launch", lambda: {**d, "network": network})

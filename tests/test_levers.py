@@ -34,6 +34,7 @@ LEVERS = {
     "naf": ["--network", "naf"],
     "naf_fft": ["--network", "naf_fft", "--representation", "pixels"],
     "naf_conv": ["--network", "naf_conv"],
+    "naf_gf": ["--network", "naf_gf", "--crop", "32"],
     "fft_loss": ["--loss", "image_fft", "--fft-loss-weight", "0.2", "--fft-loss-scales", "2"],
     "psnr_loss": ["--loss", "psnr"],
     # the default bridge is own states + skip ("bridge" checks it); these are the alternatives
@@ -79,6 +80,9 @@ HONOURED = {
     "naf_conv": lambda tr, d: type(d.model.trunk).__name__ == "NAFNet" and
     any(type(m).__name__ == "ResConv" for m in d.model.modules()) and
     not any(type(m).__name__ == "ResFFT" for m in d.model.modules()),
+    "naf_gf": lambda tr, d: d.model.trunk.config["window"] == 32 and
+    {m.size for m in d.model.modules() if type(m).__name__ == "GlobalFilter"} >=
+    {(32, 32), (16, 16)} and not any(type(m).__name__ == "ResFFT" for m in d.model.modules()),
     "fft_loss": lambda tr, d: type(tr.parts.loss).__name__ == "ImageFFTLoss" and
     (tr.parts.loss.weight, tr.parts.loss.scales) == (0.2, 2),
     "psnr_loss": lambda tr, d: type(tr.parts.loss).__name__ == "PSNRLoss",

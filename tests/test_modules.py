@@ -253,6 +253,9 @@ def _randomise_fft(model):
         for mod in model.modules():
             if type(mod).__name__ in ("ResFFT", "ResConv"):
                 mod.conv2.weight.normal_(0, 0.1)
+            if type(mod).__name__ == "GlobalFilter":
+                mod.real.normal_(0, 0.3)
+                mod.imag.normal_(0, 0.3)
 
 
 @pytest.mark.parametrize("branch", ["ffc", "res_fft"])
@@ -305,10 +308,11 @@ def test_the_res_fft_control_has_its_weights_but_sees_one_pixel():
         assert changed(conv) == 0 and changed(fft) > 1e-3  # local, against global
 
 
-@pytest.mark.parametrize("branch", ["none", "res_fft", "res_conv"])
+@pytest.mark.parametrize("branch", ["none", "res_fft", "res_conv", "global_filter"])
 def test_the_naf_trunk_keeps_shapes_trains_and_sees_time(branch):
     from modules import NAF_PRESETS, NAFNet
-    net = NAFNet(6, 3, **{**NAF_PRESETS["small"], "width": 8, "fft_branch": branch})
+    net = NAFNet(6, 3, **{**NAF_PRESETS["small"], "width": 8, "fft_branch": branch,
+                          "window": 48 if branch == "global_filter" else None})
     with torch.no_grad():
         net.conv_out.weight.normal_(0, 0.1)
         for mod in net.modules():
@@ -324,6 +328,64 @@ def test_the_naf_trunk_keeps_shapes_trains_and_sees_time(branch):
     assert all(p.grad is not None for p in net.parameters())
     assert (branch == "res_fft") == any(type(m).__name__ == "ResFFT" for m in net.modules())
     assert (branch == "res_conv") == any(type(m).__name__ == "ResConv" for m in net.modules())
+    assert (branch == "global_filter") == any(type(m).__name__ == "GlobalFilter"
+                                              for m in net.modules())
+
+
+def test_the_global_filter_is_a_window_wide_depthwise_convolution():
+    """GlobalFilter at its training size is a circular convolution of each channel with its own
+    window-sized kernel (the inverse FFT of its weights): checked against the sum over shifts."""
+    from modules import GlobalFilter
+    gen = torch.Generator().manual_seed(4)
+    gf = GlobalFilter(3, (8, 6))
+    with torch.no_grad():
+        gf.real.normal_(generator=gen)
+        gf.imag.normal_(generator=gen)
+        x = torch.randn(2, 3, 8, 6, generator=gen, dtype=torch.float64).float()
+        delta = torch.zeros(1, 3, 8, 6)
+        delta[..., 0, 0] = 1
+        kernel = gf(delta)[0]  # (3, 8, 6): the response to a unit impulse, per channel
+        expect = torch.zeros_like(x)
+        for dy in range(8):
+            for dx in range(6):
+                expect += kernel[:, dy, dx, None, None] * torch.roll(x, (dy, dx), dims=(2, 3))
+        torch.testing.assert_close(gf(x), expect, rtol=1e-4, atol=1e-4)
+        assert kernel[:, 4:, 3:].abs().max() > 1e-3  # it reaches across the window
+
+
+def test_the_global_filter_starts_at_zero_can_stop_one_orientation_and_works_at_any_size():
+    from modules import NAF_PRESETS, GlobalFilter, NAFNet
+    cfg = {**NAF_PRESETS["small"], "width": 8, "window": 32}
+    plain, gf_net = NAFNet(6, 3, **cfg), NAFNet(6, 3, **{**cfg, "fft_branch": "global_filter"})
+    missing = gf_net.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.endswith((".real", ".imag")) for k in missing)
+    x = torch.randn(1, 6, 32, 32, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(gf_net(x, torch.tensor([3])), plain(x, torch.tensor([3])))
+    # the window at the two outer levels (filter_levels), in the encoder and the decoder
+    sizes = sorted(m.size for m in gf_net.modules() if isinstance(m, GlobalFilter))
+    assert sizes == [(16, 16), (16, 16), (32, 32), (32, 32)], sizes
+    every = NAFNet(6, 3, **{**cfg, "fft_branch": "global_filter", "filter_levels": 5})
+    assert {m.size for m in every.modules() if isinstance(m, GlobalFilter)} == \
+        {(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)}  # 4 levels and the middle
+    # weights of 1 except on the vertical-frequency axis (fx = 0): vertical stripes pass,
+    # horizontal stripes (all their energy at fx = 0) are stopped
+    gf = GlobalFilter(1, (16, 16))
+    with torch.no_grad():
+        gf.real.fill_(1.0)
+        gf.real[:, :, 0] = 0.0
+        yy, xx = torch.meshgrid(torch.arange(16.), torch.arange(16.), indexing="ij")
+        across = torch.cos(2 * torch.pi * 3 * xx / 16)  # varies along x: fx = 3
+        along = torch.cos(2 * torch.pi * 3 * yy / 16)  # varies along y: fx = 0
+        torch.testing.assert_close(gf(across[None, None])[0, 0], across, atol=1e-5, rtol=0)
+        assert gf(along[None, None]).abs().max() < 1e-5
+        # another size: the weights are resampled over the centred frequency grid; a constant
+        # filter stays that constant
+        gf.real.fill_(0.5)
+        y = torch.randn(1, 1, 20, 13)
+        torch.testing.assert_close(gf(y), 0.5 * y, atol=1e-5, rtol=0)
+    _randomise_fft(gf_net)
+    out = gf_net(torch.randn(1, 6, 45, 27), torch.tensor([7]))
+    assert out.shape == (1, 3, 45, 27) and torch.isfinite(out).all()
 
 
 def test_every_network_builds_from_a_config_and_from_its_own_record():

@@ -132,7 +132,8 @@ def pipeline_labels(defaults=None):
     space, trunk, branch = modules.NETWORKS[network]
     trunk_name = {"unet": "UNet_conditional", "naf": "NAFNet-style trunk"}[trunk]
     blocks = {"none": "", "res_fft": ", Res-FFT branch", "ffc": ", FFC blocks",
-              "res_conv": ", 1x1 branch (no FFT)"}[branch]
+              "res_conv": ", 1x1 branch (no FFT)",
+              "global_filter": ", global filter (a weight per frequency)"}[branch]
     if space == "pixels":
         lab["unet"] = [f"pixel trunk: {trunk_name} ({d['model']}{blocks})",
                        "x_t, condition \u2192 pixels (inverse FFT):",
