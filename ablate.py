@@ -287,11 +287,17 @@ VARIANTS = {
                                                 "about": "the default with a global filter (a "
                                                          "learned weight per frequency) in the "
                                                          "blocks of the two outer levels"},
+    "trunk_bridge_end90_naf_gf1_own_skip_psnr": {"flags": [*OWN_SKIP_PSNR, "--network", "naf_gf",
+                                                           "--model-args",
+                                                           '{"filter_levels": [1]}'],
+                                                 "about": "the global filter in the second "
+                                                          "level only (32-px maps: a quarter "
+                                                          "of the full level's FFT work)"},
     "pixel_bridge_end90_naf_gf_psnr": {"flags": [*PIXEL_BRIDGE_90_NAF, "--network", "naf_gf",
                                                  "--loss", "psnr"],
                                        "about": "pixel_bridge_end90_naf_psnr with the global "
-                                                "filter in every block (pixel state, spatial + "
-                                                "FFT)"},
+                                                "filter in the outer levels (pixel state, "
+                                                "spatial + FFT)"},
     "trunk_bridge_end90_naf_own_skip_psnr_b09": {"flags": [*OWN_SKIP_PSNR, "--adam-beta2",
                                                            "0.9"],
                                                  "about": "the default with AdamW's beta2 at "
@@ -333,7 +339,8 @@ LEVERS = ["--representation", "realimag", "--signed-log", "true", "--norm", "per
           "--crop", "64", "--batch-size", "16", "--freq-schedule", "0", "--coupled", "false",
           "--bridge-end", "0", "--bridge-param", "x0",
           "--bridge-states", "clean", "--bridge-noise", "0.1", "--clip-x0", "5", "--block", "8",
-          "--grad-clip", "1.0", "--psnr-floor", "1e-6", "--adam-beta2", "0.99"]
+          "--grad-clip", "1.0", "--psnr-floor", "1e-6", "--adam-beta2", "0.99",
+          "--model-args", "{}"]
 BASE = ["--preset", "rain100", "--minutes", "0", "--eval-every", "0", "--eval-points", "0",
         "--final-eval", "false", "--log-every", "10", *LEVERS]
 SETS = ("Rain100L", "Rain100H")
@@ -400,6 +407,28 @@ def study_lock(study):
 def read_calibration(study):
     path = Path(study) / "calibration.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+# step times taken further apart than this are not compared without a warning: on 2026-12-07
+# the default's step took 0.419 s in one session and 0.52-0.59 s four hours later, the same
+# code on a machine of the same type (STUDY.md, seventeenth session)
+CALIBRATION_SPAN_H = 1.0
+
+
+def calibration_span(cal, variants):
+    """(hours, first, last): how far apart the variants' step times were taken, by their
+    records' "when" (entries without a time, e.g. derived or another machine's, are left out);
+    None with fewer than two timed variants."""
+    timed = []
+    for v in dict.fromkeys(variants):
+        try:
+            timed.append((time.mktime(time.strptime(cal[v]["when"], "%Y-%m-%d %H:%M:%S")), v))
+        except (KeyError, TypeError, ValueError):
+            continue
+    if len(timed) < 2:
+        return None
+    (t0, first), (t1, last) = min(timed), max(timed)
+    return (t1 - t0) / 3600, first, last
 
 
 class CalibrationError(ValueError):
@@ -973,6 +1002,15 @@ def main(argv=None):
             except CalibrationError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
+    if not args.steps and not args.calibration:
+        span = calibration_span(read_calibration(study), [VARIANTS[v].get("train_as", v)
+                                                          for v in variants])
+        if span and span[0] > CALIBRATION_SPAN_H:
+            print(f"warning: the step times of {span[1]} and {span[2]} were taken "
+                  f"{span[0]:.1f} h apart ({study / 'calibration.json'}); a machine's speed "
+                  "drifts, so their --minutes budgets may not be equal compute: time them "
+                  "together (--calibrate-rounds 2 in a new study) to compare them",
+                  file=sys.stderr)
     if args.calibrate_only:
         return 0
     if args.lanes > 1:

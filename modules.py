@@ -585,6 +585,16 @@ class NAFBlock(nn.Module):
         return y + self.ffn_out(a * b) * self.gamma  # (B, C, H, W)
 
 
+def _levels(spec):
+    """filter_levels as a sorted list of level indices (an int n: the outer n levels)."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, list, tuple)) or \
+            any(isinstance(v, bool) or not isinstance(v, int) or v < 0
+                for v in ([spec] if isinstance(spec, int) else spec)):
+        raise ConfigError(f"filter_levels must be level indices (0 = full resolution) or a "
+                          f"count of outer levels, got {spec!r}")
+    return list(range(spec)) if isinstance(spec, int) else sorted({int(v) for v in spec})
+
+
 class NAFNet(nn.Module):
     """A NAFNet-style encoder-decoder (``forward(x, t, cond=None) -> (B, out_channels, H, W)``),
     the trunk of ``--network naf`` / ``naf_fft``: a 3x3 convolution in, levels of NAFBlocks at
@@ -593,13 +603,15 @@ class NAFNet(nn.Module):
     (started at zero: the untrained network predicts no change). Any size works: the input is
     padded to a multiple of 2**levels and the output cropped. window: the training window's
     side, which fft_branch="global_filter" sizes its weights by (None for the other branches;
-    checkpoints from before it have none); filter_levels: how many of the outer levels (the
-    full-resolution one first, encoder and decoder) get the global filter. Its FFTs cost most
-    there, but there a stack of 3x3 convolutions sees least of the window; on the deeper maps
-    (8x8 and 4x4 for a 64-px window) a few 3x3 convolutions already span it."""
+    checkpoints from before it have none); filter_levels: the levels (0: full resolution; the
+    middle is len(enc_blocks)) whose blocks, encoder and decoder, get the global filter, or an
+    int n for the outer n. By default the outer two: there a stack of 3x3 convolutions sees
+    least of the window (on the deeper maps, 8x8 and 4x4 for a 64-px window, a few already span
+    it), and there its FFTs cost most (--model-args '{"filter_levels": [1]}' keeps the cheaper
+    second level only)."""
 
     def __init__(self, in_channels, out_channels, width, enc_blocks, middle_blocks, dec_blocks,
-                 fft_branch="none", cond_channels=0, window=None, filter_levels=2):
+                 fft_branch="none", cond_channels=0, window=None, filter_levels=(0, 1)):
         super().__init__()
         if len(enc_blocks) != len(dec_blocks):
             raise ConfigError(f"enc_blocks {enc_blocks} and dec_blocks {dec_blocks} need one "
@@ -610,7 +622,7 @@ class NAFNet(nn.Module):
                            dec_blocks=[int(n) for n in dec_blocks], fft_branch=str(fft_branch),
                            cond_channels=int(cond_channels),
                            window=None if window is None else int(window),
-                           filter_levels=int(filter_levels))
+                           filter_levels=_levels(filter_levels))
         self.in_channels, self.cond_channels = in_channels, cond_channels
         time_dim = 4 * width
         self.t_sin_dim = width
@@ -623,7 +635,7 @@ class NAFNet(nn.Module):
         def blocks(c, n, level):
             size = None if side is None else (side >> level, side >> level)
             branch = fft_branch
-            if fft_branch in SIZED_BRANCHES and level >= filter_levels:
+            if fft_branch in SIZED_BRANCHES and level not in self.config["filter_levels"]:
                 branch = "none"
             return nn.ModuleList(NAFBlock(c, time_dim, branch, size) for _ in range(n))
 

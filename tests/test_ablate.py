@@ -206,6 +206,9 @@ def test_every_variant_is_a_valid_configuration():
         flags = spec.get("flags", [])
         for flag, value in dict(zip(flags[::2], flags[1::2])).items():  # the last one wins
             got = cfg[flag[2:].replace("-", "_")]
+            if isinstance(got, (dict, list)):  # --model-args: JSON
+                assert got == json.loads(value), (name, flag)
+                continue
             assert str(got).lower() == value.lower() or float(got) == float(value), (name, flag)
 
 
@@ -316,6 +319,27 @@ def test_calibration_rounds_alternate_the_order_and_keep_the_median(tmp_path, mo
     assert calls[6:] == ["naf_regression"] * 3
     with pytest.raises(SystemExit):
         ablate.main([*argv[:-4], "--calibrate-rounds", "0"])
+
+
+def test_step_times_taken_hours_apart_are_flagged(tmp_path, monkeypatch, capsys):
+    # two step times from different sessions: a --minutes budget between them may not be equal
+    # compute (the machine's speed drifts), so ablate.py says so before it trains
+    study = tmp_path / "study"
+    study.mkdir()
+    cal = {"regression": {"s_per_step": 0.4, "threads": 1, "when": "2026-12-07 18:32:37"},
+           "trunk_bridge": {"s_per_step": 0.5, "threads": 1, "when": "2026-12-07 21:18:12"},
+           "naf_regression": {"s_per_step": 0.4, "threads": 1, "when": "derived: by hand"}}
+    (study / "calibration.json").write_text(json.dumps(cal))
+    assert ablate.calibration_span(cal, ["regression", "trunk_bridge"])[1:] == \
+        ("regression", "trunk_bridge")
+    assert ablate.calibration_span(cal, ["regression", "naf_regression"]) is None
+    monkeypatch.setattr(ablate, "time_steps", lambda *a: pytest.fail("timed again"))
+    argv = ["--study", str(study), "--minutes", "1", "--calibrate-only", "--threads", "1"]
+    assert ablate.main([*argv, "--variants", "regression,trunk_bridge"]) == 0
+    err = capsys.readouterr().err
+    assert "2.8 h apart" in err and "regression" in err and "trunk_bridge" in err
+    assert ablate.main([*argv, "--variants", "regression,naf_regression"]) == 0
+    assert "apart" not in capsys.readouterr().err  # a derived entry has no time to compare
 
 
 def test_the_reference_calibration_times_known_variants_and_the_default():

@@ -354,6 +354,7 @@ def test_the_global_filter_is_a_window_wide_depthwise_convolution():
 
 
 def test_the_global_filter_starts_at_zero_can_stop_one_orientation_and_works_at_any_size():
+    from helpers.errors import ConfigError
     from modules import NAF_PRESETS, GlobalFilter, NAFNet
     cfg = {**NAF_PRESETS["small"], "width": 8, "window": 32}
     plain, gf_net = NAFNet(6, 3, **cfg), NAFNet(6, 3, **{**cfg, "fft_branch": "global_filter"})
@@ -367,6 +368,12 @@ def test_the_global_filter_starts_at_zero_can_stop_one_orientation_and_works_at_
     every = NAFNet(6, 3, **{**cfg, "fft_branch": "global_filter", "filter_levels": 5})
     assert {m.size for m in every.modules() if isinstance(m, GlobalFilter)} == \
         {(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)}  # 4 levels and the middle
+    second = NAFNet(6, 3, **{**cfg, "fft_branch": "global_filter", "filter_levels": [1]})
+    assert [m.size for m in second.modules() if isinstance(m, GlobalFilter)] == [(16, 16)] * 2
+    assert second.config["filter_levels"] == [1] and every.config["filter_levels"] == [0, 1, 2,
+                                                                                         3, 4]
+    with pytest.raises(ConfigError, match="filter_levels"):
+        NAFNet(6, 3, **{**cfg, "fft_branch": "global_filter", "filter_levels": ["0"]})
     # weights of 1 except on the vertical-frequency axis (fx = 0): vertical stripes pass,
     # horizontal stripes (all their energy at fx = 0) are stopped
     gf = GlobalFilter(1, (16, 16))
