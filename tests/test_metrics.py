@@ -411,3 +411,9 @@ def test_rain_left_splits_the_error_along_the_rain_layer(tmp_path, capsys):
     assert line[1] == "1" and float(line[3]) == pytest.approx(0.3, abs=0.01)
     assert tool.main(args) == 1
     assert "no rainy image" in capsys.readouterr().err
+    # a missing folder among good ones: exit 1, the folder named, no partial table
+    missing = str(tmp_path / "missing")
+    assert tool.main([str(tmp_path / "pred"), missing, "--target", str(tmp_path / "clean"),
+                      "--input", str(tmp_path / "rain")]) == 1
+    got = capsys.readouterr()
+    assert "missing" in got.err and got.out == ""

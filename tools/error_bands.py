@@ -22,6 +22,7 @@ import numpy as np
 from helpers.errors import InputError
 from helpers.images import ImageError, read_rgb
 from helpers.metrics import PEAK, SPECTRAL_BANDS, error_by_band, pair_tasks
+from tools.folders import score_folders
 from tools.shared_backgrounds import read_stems
 
 
@@ -104,17 +105,11 @@ def main(argv=None):
     except OSError as e:
         print(f"error: --exclude: {e}", file=sys.stderr)
         return 1
-    per_method, failed = [], False
-    for d in args.preds:
-        try:
-            errs, messages = band_errors(d, args.target, args.bands)
-        except (OSError, InputError) as e:  # a missing folder, an unreadable pairs CSV
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        for m in messages:
-            print(f"error: {m}", file=sys.stderr)
-        failed |= bool(messages)
-        per_method.append({n: e for n, e in errs.items() if n not in exclude})
+    per_method, failed = score_folders(args.preds,
+                                       lambda d: band_errors(d, args.target, args.bands))
+    if per_method is None:
+        return 1
+    per_method = [{n: e for n, e in errs.items() if n not in exclude} for errs in per_method]
     if not set.intersection(*(set(m) for m in per_method)):
         print("error: no image is scored for every method", file=sys.stderr)
         return 1

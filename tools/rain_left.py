@@ -17,6 +17,7 @@ import numpy as np
 from helpers.errors import InputError
 from helpers.images import ImageError, read_rgb
 from helpers.metrics import pair_tasks, psnr_y, rain_left
+from tools.folders import score_folders
 
 
 def score_dir(pred_dir, target, input_dir=None):
@@ -45,24 +46,19 @@ def main(argv=None):
     p.add_argument("--input", default=None, metavar="RAIN_DIR",
                    help="the rainy inputs, when --target is a folder of clean images")
     a = p.parse_args(argv)
-    failed = False
+    scored, failed = score_folders(a.pred_dirs, lambda d: score_dir(d, a.target, a.input))
+    if scored is None:
+        return 1
     print(f"{'outputs':<40} {'images':>6} {'PSNR-Y':>7} {'rain left':>9} {'rest PSNR-Y':>11}")
-    for d in a.pred_dirs:
-        try:
-            rows, errors = score_dir(d, a.target, a.input)
-        except (OSError, InputError) as e:  # a missing folder, an unreadable pairs CSV
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        for err in errors:
-            print(f"error: {err}", file=sys.stderr)
-        failed |= bool(errors) or not rows
-        if rows:
-            mean = {k: float(np.mean([r[k] for r in rows]))
-                    for k in ("psnr_y", "rain_left", "rest_psnr_y")}
-            print(f"{d:<40} {len(rows):>6} {mean['psnr_y']:>7.2f} {mean['rain_left']:>9.3f} "
-                  f"{mean['rest_psnr_y']:>11.2f}")
-        else:
+    for d, rows in zip(a.pred_dirs, scored):
+        if not rows:
             print(f"error: {d}: no image pairs were scored", file=sys.stderr)
+            failed = True
+            continue
+        mean = {k: float(np.mean([r[k] for r in rows]))
+                for k in ("psnr_y", "rain_left", "rest_psnr_y")}
+        print(f"{d:<40} {len(rows):>6} {mean['psnr_y']:>7.2f} {mean['rain_left']:>9.3f} "
+              f"{mean['rest_psnr_y']:>11.2f}")
     return 1 if failed else 0
 
 
