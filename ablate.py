@@ -298,6 +298,13 @@ VARIANTS = {
                                        "about": "pixel_bridge_end90_naf_psnr with the global "
                                                 "filter in the outer levels (pixel state, "
                                                 "spatial + FFT)"},
+    "pixel_bridge_end90_naf_gf1_psnr": {"flags": [*PIXEL_BRIDGE_90_NAF, "--network", "naf_gf",
+                                                  "--model-args", '{"filter_levels": [1]}',
+                                                  "--loss", "psnr"],
+                                        "about": "pixel_bridge_end90_naf_psnr with the global "
+                                                 "filter in the second level only: the pixel "
+                                                 "twin of trunk_bridge_end90_naf_gf1_own_skip_"
+                                                 "psnr"},
     "trunk_bridge_end90_naf_own_skip_psnr_b09": {"flags": [*OWN_SKIP_PSNR, "--adam-beta2",
                                                            "0.9"],
                                                  "about": "the default with AdamW's beta2 at "
