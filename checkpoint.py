@@ -45,7 +45,7 @@ HISTORICAL = {"process": "diffusion", "network": "unet", "coupled": False, "brid
               "norm_gamma": 0.5, "block": 8, "freq_schedule": 0.0, "bridge_end": 0.0,
               "channels_last": True, "p_uncond": 0.0, "bridge_param": "x0",
               "fft_loss_weight": 0.1, "fft_loss_scales": 3, "bridge_states": "clean",
-              "psnr_floor": 1e-6, "adam_beta2": 0.99}
+              "psnr_floor": 1e-6, "adam_beta2": 0.99, "flips": 1}
 
 
 class CheckpointError(InputError):
@@ -223,7 +223,8 @@ def latest_checkpoint(path):
 
 def load_derainer(path, device="cpu", ema=True, **overrides):
     """A sampling.Derainer from a checkpoint file; sampling settings from its config unless an
-    override (sampler, sample_steps, eta, guidance, clip_x0, ensemble, sample_batch) is given."""
+    override (sampler, sample_steps, eta, guidance, clip_x0, ensemble, sample_batch, flips) is
+    given."""
     ckpt = load_checkpoint(path)
     model, rep, diffusion, cfg = model_from_checkpoint(ckpt, ema=ema, device=device)
     return Derainer(model, rep, diffusion, sample_settings(cfg, **overrides), device,

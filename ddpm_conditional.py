@@ -144,6 +144,9 @@ def launch():
         sample_batch=32,         # windows per forward pass when deraining
         coupled=False,           # sample all windows of an image together, blending their x0
                                  # estimates in image space at every step
+        flips=1,                 # test-time self-ensemble: the mean over 1, 2 or 4 mirrored
+                                 # copies of the image, each derained and mirrored back (that
+                                 # many times the cost; STUDY.md, nineteenth session)
         # ---- logging and checkpoints
         run_dir="",              # outputs; default runs/<preset>-<fft|pixel>
         log_every=25,            # steps between log lines

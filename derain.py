@@ -4,10 +4,11 @@
     python derain.py --ckpt runs/synthetic-fft/ckpt_00004000.pt photo.jpg folder/ --out derained/
     python derain.py --ckpt CKPT pairs.csv --out out/ --eval            # clean column as target
     python derain.py --ckpt CKPT rainy_dir/ --out out/ --eval clean_dir/ --steps 50 --ensemble 4
+    python derain.py --ckpt CKPT rainy_dir/ --out out/ --flips 2    # mean with its mirror image
     python derain.py --export CKPT --out model.pt [--fp16]     # a small inference-only file
 
 Everything the model needs comes from the checkpoint, the sampling settings too (its config's
-sampler, sample_steps, eta, guidance, clip_x0, ensemble, sample_batch); a flag overrides one. The
+sampler, sample_steps, eta, guidance, clip_x0, ensemble, sample_batch, flips); a flag overrides one. The
 deraining itself (windows of the training crop, blended in image space) is sampling.py's.
 
 Every ordinary image is derained in its own form (helpers/images.py): the model sees RGB
@@ -33,7 +34,7 @@ from helpers.metrics import index_by_stem
 from helpers.errors import PairsError
 from helpers.pairs import read_pairs
 from helpers.devices import DeviceError, resolve_device
-from sampling import Item, assign_names, derain_items, sampler_text
+from sampling import FLIP_COUNTS, Item, assign_names, derain_items, sampler_text
 
 
 def expand_inputs(paths):
@@ -132,6 +133,11 @@ def _parser():
     p.add_argument("--ensemble", type=int, default=None, metavar="K",
                    help="average K samples per window (the mean derained image; default: the "
                         "checkpoint's ensemble)")
+    p.add_argument("--flips", type=int, default=None, choices=FLIP_COUNTS,
+                   help="test-time self-ensemble: derain the image as it is and mirrored "
+                        "left-right (2), also upside down and both (4), and average the results "
+                        "mirrored back (that many times the cost; default: the checkpoint's "
+                        "flips, 1 unless set at training)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="windows per forward pass (default: the checkpoint's sample_batch); with "
                         "DDIM and eta 0 the output does not depend on it")
@@ -239,7 +245,7 @@ def main(argv=None):
         derainer, cfg = load_derainer(
             a.ckpt, device=device, ema=not a.no_ema, sampler=a.sampler, sample_steps=a.steps,
             eta=a.eta, guidance=a.guidance, clip_x0=a.clip_x0, ensemble=a.ensemble,
-            sample_batch=a.batch_size)
+            sample_batch=a.batch_size, flips=a.flips)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -259,7 +265,8 @@ def main(argv=None):
     print(f"{a.ckpt}: {derainer.rep.name} ({derainer.rep.domain} domain), window "
           f"{derainer.rep.crop} px, {'raw' if a.no_ema else 'EMA'} weights on {device}; "
           f"{sampler_text(derainer.diffusion.name, s)}{steps_from}, guidance {s['guidance']}, "
-          f"clip_x0 {s['clip_x0']}, ensemble {s['ensemble']}, seed {a.seed}", file=sys.stderr)
+          f"clip_x0 {s['clip_x0']}, ensemble {s['ensemble']}, flips {s['flips']}, "
+          f"seed {a.seed}", file=sys.stderr)
 
     report = derain_items(derainer, items, out_dir=out_dir, score=a.eval is not None,
                           seed=a.seed, progress=not a.quiet, say=say)

@@ -220,7 +220,7 @@ def test_large_image_with_a_fake_model_keeps_memory_bounded(tmp_path, capsys, mo
 
     def fake(path, device="cpu", ema=True, **overrides):
         settings = dict(sampler="ddim", sample_steps=2, eta=0.0, guidance=1.0, clip_x0=0.0,
-                        ensemble=1, sample_batch=32)
+                        ensemble=1, sample_batch=32, flips=1)
         settings.update({k: v for k, v in overrides.items() if v is not None})
         return Derainer(model, rep, Diffusion(1000, "cosine", "x0"), settings, device), {}
     monkeypatch.setattr(derain, "load_derainer", fake)
@@ -332,3 +332,25 @@ def test_other_rain_scores_two_models_on_unseen_sets_and_reuses_its_outputs(setu
     assert "nope" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         other_rain.main(["--model", "f", "--model", "p=x", "--steps", "1", "--out", str(out)])
+
+
+def test_flips_reach_the_derainer_and_are_recorded(setup, tmp_path, capsys):
+    """--flips N (the mean over N mirrored forms; sampling.FLIPS, whose arithmetic
+    tests/test_derain.py checks) changes the output, is said on the start-up line and written to
+    settings.json; a count other than 1, 2 or 4 is refused before anything is derained."""
+    img = _save(tmp_path / "in" / "x.png", (23, 37))
+    outs = {}
+    for k in (1, 2):
+        code, _, err = _main(["--ckpt", setup["fft"], img, "--out", tmp_path / f"f{k}", "--eval",
+                              tmp_path / "in", "--flips", k, *FAST], capsys)
+        assert code == 0, err
+        assert f"flips {k}," in err
+        assert json.loads((tmp_path / f"f{k}" / "settings.json").read_text())["flips"] == k
+        outs[k] = np.asarray(Image.open(tmp_path / f"f{k}" / "x.png")).astype(int)
+    assert outs[2].shape == outs[1].shape == (23, 37, 3)
+    assert np.abs(outs[2] - outs[1]).max() > 0
+    with pytest.raises(SystemExit) as e:
+        derain.main(["--ckpt", str(setup["fft"]), str(img), "--out", str(tmp_path / "f8"),
+                     "--flips", "8"])
+    assert e.value.code == 2 and not (tmp_path / "f8").exists()
+    assert "--flips" in capsys.readouterr().err

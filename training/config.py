@@ -12,6 +12,7 @@ from diffusion import PREDICTIONS, PROCESSES, SAMPLERS, SCHEDULES, Bridge
 from helpers.errors import ConfigError
 from losses import LOSSES
 from modules import MODEL_PRESETS, NETWORKS, X0_NETWORKS
+from sampling import FLIP_COUNTS
 from training.parts import AMP
 
 # Keys whose value must be one of a list, from the registries (the presets are the caller's).
@@ -129,6 +130,8 @@ def resolve_config(argv, launch, presets, description=""):
             cfg["prediction"] != "x0":
         ap.error(f"--network {cfg['network']} outputs an x0 estimate: use --prediction x0 (or "
                  "--process bridge / regression)")
+    if cfg["flips"] not in FLIP_COUNTS:
+        ap.error(f"--flips {cfg['flips']}: choose one of {', '.join(map(str, FLIP_COUNTS))}")
     if not 0.0 <= cfg["adam_beta2"] < 1.0:
         ap.error(f"--adam-beta2 {cfg['adam_beta2']}: AdamW's second-moment decay lies in [0, 1)")
     if cfg["csv"] and preset == "synthetic" and "preset" not in given \
