@@ -8,8 +8,8 @@
     python derain.py --export CKPT --out model.pt [--fp16]     # a small inference-only file
 
 Everything the model needs comes from the checkpoint, the sampling settings too (its config's
-sampler, sample_steps, eta, guidance, clip_x0, ensemble, sample_batch, flips); a flag overrides one. The
-deraining itself (windows of the training crop, blended in image space) is sampling.py's.
+sampler, sample_steps, eta, guidance, clip_x0, ensemble, sample_batch, flips); a flag overrides
+one. The deraining itself (windows of the training crop, blended in image space) is sampling.py's.
 
 Every ordinary image is derained in its own form (helpers/images.py): the model sees RGB
 (grayscale replicated), and OUT/<stem>.png keeps the input's size, grayscale or colour, bit depth

@@ -172,8 +172,10 @@ def test_the_training_forward_and_loss_stay_on_the_device(monkeypatch, over):
     ({"representation": "rfft2"}, {"sample_steps": 2}),
     ({"network": "pixel_trunk_fft", "bridge_param": "skip"}, {"sample_steps": 4}),
     ({"network": "naf_fft"}, {"sample_steps": 2}),
+    ({}, {"flips": 4}),
 ], ids=["bridge", "bridge_eta_ensemble", "bridge_coupled", "bridge_x0", "ddim_eta",
-        "ddpm_coupled", "ddim_guided", "regression", "rfft2", "fft_branch_skip", "naf_fft"])
+        "ddpm_coupled", "ddim_guided", "regression", "rfft2", "fft_branch_skip", "naf_fft",
+        "bridge_flips"])
 def test_every_sampler_derains_on_the_device(monkeypatch, over, settings):
     cfg = _cfg(**over)
     rep = _representation(cfg)
